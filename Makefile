@@ -1,0 +1,41 @@
+# deadunits: `make run` (a default sweep and its report), `make test` (the suite).
+# Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXPERIMENT ?= quick_study
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: venv run sweep report test lint format ui server bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: sweep report
+
+sweep: venv
+	$(PY) -m pipeline -m experiment=$(EXPERIMENT)
+
+report: venv
+	$(PY) -m analysis --experiment $(EXPERIMENT) --out reports/$(EXPERIMENT)
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: venv
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: venv lint
+	$(PY) -m pytest
+
+clean:
+	rm -rf outputs multirun reports .pytest_cache test-artifacts

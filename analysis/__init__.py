@@ -1,0 +1,1 @@
+"""deadunits analysis: MLflow runs -> pandas -> aggregates and theory -> report."""

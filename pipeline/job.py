@@ -1,0 +1,253 @@
+"""One Hydra job: validate, skip what is done, train its member seeds, log each as a run.
+
+A job trains one seed (train.engine=keras) or a group of seeds that differ in nothing
+else (train.engine=batched, grouped by the sweeper). Every member becomes its own MLflow
+run; a failing member is logged FAILED and the job carries on, so one bad run never
+breaks a sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline import forward
+from pipeline.data import Dataset, make_identity_data
+from pipeline.engines import MemberResult, get_engine
+from pipeline.initializers import initial_weights, layer_shapes, stack
+from pipeline.probe import ProbeResult, probe
+from pipeline.store import check_store, resolve_tracking_uri
+from pipeline.tracking import (
+    RunRecord,
+    Tracker,
+    config_key,
+    flatten,
+    is_alive_here,
+    run_name,
+    run_params,
+    to_yaml,
+)
+from pipeline.validate import validate
+
+log = logging.getLogger("deadunits")
+
+
+@dataclass
+class Member:
+    """One seed of the job, with everything known about it before training."""
+
+    seed: int
+    key: str
+    weights: list
+    record: RunRecord
+    run_id: str | None = None
+
+
+@dataclass
+class JobSummary:
+    counts: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+def run_job(cfg) -> dict[str, int]:
+    """Everything a job does, in order; checks come before any training or logging."""
+    validate(cfg)
+    uri = resolve_tracking_uri(cfg.tracking.uri)
+    check_store(uri, cfg.tracking.timeout_s)
+
+    seeds = list(cfg.seeds) if cfg.get("seeds") else [int(cfg.seed)]
+    flat = flatten(cfg)
+    tracker = Tracker(
+        uri, cfg.tracking.experiment, cfg.tracking.parent_run_id, cfg.tracking.sweep_id
+    )
+    if tracker.parent_run_id is None:
+        tracker.parent_run_id = tracker.outer_run_id()
+    summary = JobSummary()
+    keys = {seed: config_key(flat, seed) for seed in seeds}
+    if cfg.tracking.resume_checked:
+        todo = seeds
+    else:
+        todo = select_unfinished(tracker, keys, force=cfg.force, summary=summary)
+    if not todo:
+        return summary.as_dict()
+
+    data = make_identity_data(**cfg.data)
+    members = prepare_members(cfg, flat, tracker, data, todo, keys)
+    if cfg.train.engine == "keras":
+        train_live(cfg, tracker, data, members, summary)
+    else:
+        train_batched(cfg, tracker, data, members, summary)
+    return summary.as_dict()
+
+
+def select_unfinished(
+    tracker: Tracker, keys: dict[int, str], force: bool, summary: JobSummary
+) -> list[int]:
+    """Seeds still to run; runs a dead process left RUNNING are marked KILLED on the way."""
+    existing = tracker.runs_by_key(set(keys.values()))
+    todo = []
+    for seed, key in keys.items():
+        runs = existing.get(key, [])
+        for run in runs:
+            if run.info.status == "RUNNING" and not is_alive_here(run):
+                tracker.finish(run.info.run_id, "KILLED")
+                run.info._status = "KILLED"
+        if not force and any(run.info.status == "FINISHED" for run in runs):
+            summary.counts["skipped"] += 1
+        elif not force and any(run.info.status == "RUNNING" for run in runs):
+            summary.counts["skipped_running"] += 1  # a live process is on it
+        else:
+            todo.append(seed)
+    return todo
+
+
+def prepare_members(
+    cfg, flat, tracker: Tracker, data: Dataset, seeds: list[int], keys
+) -> list[Member]:
+    """Initial weights, the probe at init, and each run's record so far."""
+    shapes = layer_shapes(
+        data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
+    )
+    weights = [initial_weights(cfg.init, shapes, cfg.model.bias_init, seed) for seed in seeds]
+    at_init = probe_members(cfg, weights, data)
+    members = []
+    for index, seed in enumerate(seeds):
+        init_metrics = at_init.metrics(index, "init")
+        tags = {
+            **tracker.base_tags(),
+            "config_key": keys[seed],
+            "engine": cfg.train.engine,
+            "dead_at_init": "true" if init_metrics["dead_units_init"] > 0 else "false",
+            "diverged": "false",
+        }
+        record = RunRecord(run_name(flat, seed), run_params(flat, seed), tags)
+        record.add_metrics({**init_metrics, "hidden_units": at_init.hidden_units})
+        record.artifacts = {
+            "config.yaml": to_yaml(
+                flat_to_nested({**{k: flat[k] for k in record.params}, "seed": seed})
+            ),
+            "initial_weights.json": weights_json(weights[index]),
+        }
+        members.append(Member(seed, keys[seed], weights[index], record))
+    return members
+
+
+def probe_members(cfg, weights: list, data: Dataset) -> ProbeResult:
+    return probe(
+        stack(weights),
+        data.x_train,
+        cfg.model.activation,
+        cfg.model.output_activation,
+        cfg.probe.saturation_tol,
+    )
+
+
+def outcome_record(cfg, member: Member, result: MemberResult, data: Dataset) -> RunRecord:
+    """What training added to a member's run: losses, the probe at the end, the status."""
+    record = RunRecord(member.record.name, {}, {})
+    record.add_series("train_loss", result.train_loss)
+    record.add_series("test_loss", result.test_loss)
+    if result.diverged_epoch is not None:
+        record.tags.update(diverged="true", diverged_epoch=str(result.diverged_epoch))
+        record.status = "FAILED"
+        return record
+    final = stack([result.final_weights])
+    act, out_act = cfg.model.activation, cfg.model.output_activation
+    at_end = probe(final, data.x_train, act, out_act, cfg.probe.saturation_tol)
+    record.add_metrics(at_end.metrics(0, "final"))
+    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
+        prediction = forward.predict(final, x, act, out_act)
+        record.add_metrics({f"final_{split}_loss": forward.loss(cfg.train.loss, prediction, y)[0]})
+    return record
+
+
+def train_live(
+    cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary
+) -> None:
+    """Keras engine: each run is RUNNING in the UI while it trains."""
+    train = get_engine("keras")
+    for member in members:
+        run_id = tracker.start(member.record)
+        outcome = RunRecord(member.record.name, {}, {}, status="FAILED")
+        try:
+            (result,) = train(cfg.train, cfg.model, data, [member.seed], [member.weights])
+            outcome = outcome_record(cfg, member, result, data)
+        except KeyboardInterrupt:
+            outcome.status = "KILLED"
+            raise
+        except Exception as error:  # one failing run must not stop the sweep
+            log.exception("run %s failed", member.record.name)
+            outcome.tags["error"] = _one_line(error)
+        finally:
+            tracker.log(run_id, outcome)
+            tracker.finish(run_id, outcome.status)
+            summary.counts[_outcome(member.record.tags | outcome.tags, outcome.status)] += 1
+
+
+def train_batched(
+    cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary
+) -> None:
+    """Batched engine: train members together; log each finished run on a background thread."""
+    train = get_engine("batched")
+    waiting = {m.seed: m for m in members}
+    pending: list[Future] = []
+
+    def submit(record: RunRecord) -> None:
+        pending.append(logger.submit(tracker.log_complete, record))
+        summary.counts[_outcome(record.tags, record.status)] += 1
+
+    with ThreadPoolExecutor(max_workers=cfg.tracking.log_workers) as logger:
+        try:
+            for result in train(
+                cfg.train, cfg.model, data, list(waiting), [m.weights for m in members]
+            ):
+                member = waiting.pop(result.seed)
+                submit(member.record.merged(outcome_record(cfg, member, result, data)))
+        except KeyboardInterrupt:
+            raise
+        except Exception as error:  # whatever was not trained is logged FAILED
+            log.exception("batched training failed")
+            for member in waiting.values():
+                failed = RunRecord(
+                    member.record.name, {}, {"error": _one_line(error)}, status="FAILED"
+                )
+                submit(member.record.merged(failed))
+        finally:
+            for future in pending:
+                future.result()
+
+
+def _outcome(tags: dict[str, str], status: str) -> str:
+    if tags.get("diverged") == "true":
+        return "diverged"
+    return {"FINISHED": "finished", "KILLED": "killed"}.get(status, "failed")
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def flat_to_nested(flat: dict[str, object]) -> dict:
+    nested: dict = {}
+    for key, value in flat.items():
+        node = nested
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return nested
+
+
+def weights_json(weights) -> str:
+    layers = [
+        {"kernel": np.asarray(k).tolist(), "bias": np.asarray(b).tolist()} for k, b in weights
+    ]
+    return json.dumps({"layers": layers})

@@ -1,0 +1,96 @@
+"""The dead-unit probe: a plain forward pass over the training inputs (DESIGN.md section 2).
+
+A hidden unit is dead when its activation's derivative is zero at its pre-activation
+for every input; only ReLU units can be dead. tanh and sigmoid units can only be
+saturated (derivative below a tolerance everywhere), which is reported apart.
+Everything works on stacked weights with a leading member axis, so one call
+probes one run or ten thousand.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pipeline.forward import layer_outputs, sigmoid
+
+CAN_DIE = ("relu",)
+CAN_SATURATE = ("tanh", "sigmoid")
+
+
+def _derivative(name: str, z: np.ndarray) -> np.ndarray:
+    if name == "tanh":
+        return 1.0 - np.tanh(z) ** 2
+    s = sigmoid(z)
+    return s * (1.0 - s)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Masks with a leading member axis: dead[l] and saturated[l] are (members, units of layer l)."""
+
+    dead: list[np.ndarray]
+    saturated: list[np.ndarray]
+    output_dead: np.ndarray  # (members,) bool: every output unit dead
+
+    @property
+    def members(self) -> int:
+        return len(self.output_dead)
+
+    @property
+    def hidden_units(self) -> int:
+        return sum(mask.shape[1] for mask in self.dead)
+
+    def dead_units(self) -> np.ndarray:
+        return sum(mask.sum(axis=1) for mask in self.dead)
+
+    def saturated_units(self) -> np.ndarray:
+        return sum(mask.sum(axis=1) for mask in self.saturated)
+
+    def collapsed(self) -> np.ndarray:
+        """Some hidden layer is entirely dead, so the network's output is constant."""
+        return np.any(np.stack([mask.all(axis=1) for mask in self.dead]), axis=0)
+
+    def metrics(self, member: int, stage: str) -> dict[str, float]:
+        """The logged metrics for one member at one stage ('init' or 'final')."""
+        dead = float(self.dead_units()[member])
+        out = {
+            f"dead_units_{stage}": dead,
+            f"dead_fraction_{stage}": dead / self.hidden_units,
+            f"saturated_units_{stage}": float(self.saturated_units()[member]),
+            f"output_dead_{stage}": float(self.output_dead[member]),
+            f"collapsed_{stage}": float(self.collapsed()[member]),
+        }
+        for layer, mask in enumerate(self.dead, start=1):
+            out[f"dead_units_{stage}/layer_{layer}"] = float(mask[member].sum())
+        return out
+
+
+def probe(
+    weights: list[tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    activation: str,
+    output_activation: str,
+    saturation_tol: float,
+) -> ProbeResult:
+    """Probe stacked weights [(kernel (M, in, out), bias (M, out)), ...] on inputs x (n, in)."""
+    dead, saturated = [], []
+    *hidden, output = layer_outputs(weights, x, activation)
+    for z in hidden:
+        dead.append(_dead(activation, z))
+        saturated.append(_saturated(activation, z, saturation_tol))
+    output_dead = _dead(output_activation, output).all(axis=1)
+    return ProbeResult(dead, saturated, output_dead)
+
+
+def _dead(name: str, z: np.ndarray) -> np.ndarray:
+    if name in CAN_DIE:
+        return (z <= 0.0).all(axis=1)  # Keras's ReLU gradient at exactly 0 is 0
+    return np.zeros(z.shape[::2], dtype=bool)
+
+
+def _saturated(name: str, z: np.ndarray, tol: float) -> np.ndarray:
+    if name in CAN_SATURATE:
+        return (_derivative(name, z) < tol).all(axis=1)
+    return np.zeros(z.shape[::2], dtype=bool)

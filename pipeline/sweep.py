@@ -1,0 +1,292 @@
+"""The sweeper behind `python -m pipeline -m ...` (registered as hydra/sweeper=deadunits).
+
+Before any job starts it composes and validates every sweep cell (jobs that differ only
+in `seed`), skips runs already FINISHED, marks runs a dead sweep left RUNNING as KILLED,
+and opens the sweep's parent run. Then it hands jobs to whatever launcher is configured
+(basic, joblib, submitit): one job per seed for the keras engine, one job per cell for
+the batched engine. It shows progress and ends with a one-screen summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from hydra.plugins.sweeper import Sweeper
+from omegaconf import DictConfig, open_dict
+from tqdm import tqdm
+
+import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
+from pipeline.store import StoreUnavailable, check_store, resolve_tracking_uri
+from pipeline.tracking import ROLE_TAG, Tracker, config_key, flatten, git_commit, is_alive_here
+from pipeline.validate import ConfigError, validate
+
+log = logging.getLogger("deadunits")
+MAX_PARAM_LENGTH = 6000
+
+
+@dataclass
+class Cell:
+    """Jobs that differ only in seed: one config, many seeds."""
+
+    overrides: list[str]
+    cfg: DictConfig
+    seeds: list[int]
+    todo: list[int] = field(default_factory=list)
+
+    @property
+    def batched(self) -> bool:
+        return self.cfg.train.engine == "batched"
+
+
+def split_seed(job: list[str]) -> tuple[list[str], int | None]:
+    rest, seed = [], None
+    for override in job:
+        key, _, value = override.partition("=")
+        if key == "seed":
+            seed = int(value) if value.lstrip("-").isdigit() else value
+        else:
+            rest.append(override)
+    return rest, seed
+
+
+def plan_cells(jobs: list[list[str]], compose) -> list[Cell]:
+    """Group the cartesian product into cells and validate each cell's config."""
+    grouped: dict[tuple[str, ...], list] = {}
+    for job in jobs:
+        rest, seed = split_seed(job)
+        grouped.setdefault(tuple(rest), []).append(seed)
+    cells = []
+    for rest, seeds in grouped.items():
+        cfg = compose(list(rest))
+        seeds = [cfg.seed if s is None else s for s in seeds]
+        with open_dict(cfg):
+            cfg.seeds = seeds
+        validate(cfg)
+        cells.append(Cell(list(rest), cfg, seeds))
+    return cells
+
+
+class GroupingSweeper(Sweeper):
+    def __init__(self, jobs_per_launch: int | None = None, params: dict[str, str] | None = None):
+        super().__init__()
+        self.jobs_per_launch = jobs_per_launch
+        self.params = params or {}
+
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context = hydra_context
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
+
+    def _compose(self, overrides: list[str]) -> DictConfig:
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from pipeline.cli import describe_compose_error, fail
+
+        params = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
+        parsed = OverridesParser.create(
+            config_loader=self.hydra_context.config_loader
+        ).parse_overrides(params)
+        jobs = BasicSweeper.split_arguments(parsed, None)[0]
+        try:
+            cells = plan_cells(jobs, self._compose)
+            tracking = cells[0].cfg.tracking
+            if any(c.cfg.tracking != tracking for c in cells):
+                raise ConfigError(
+                    "tracking", "the tracking store and experiment cannot vary within one sweep"
+                )
+            uri = resolve_tracking_uri(tracking.uri)
+            check_store(uri, tracking.timeout_s)
+        except (ConfigError, StoreUnavailable) as error:
+            fail(str(error))
+        except Exception as error:  # Hydra composition errors
+            fail(describe_compose_error(error))
+
+        tracker = Tracker(uri, tracking.experiment)
+        skipped = select_todo(tracker, cells)
+        sweep = SweepRun(tracker, arguments, cells)
+        job_list = [job for cell in cells for job in job_overrides(cell, sweep)]
+        total = sum(len(c.todo) for c in cells)
+        counts: Counter = Counter(skipped=skipped)
+        started = time.time()
+        status = "FAILED"
+        try:
+            counts.update(self._launch(job_list, total))
+            status = "FINISHED" if counts["crashed_jobs"] == 0 else "FAILED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print(
+                "\ninterrupted: the runs in progress are marked KILLED. "
+                "Re-run the same command to resume; finished runs are skipped.",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
+        finally:
+            sweep.close(status, counts, total)
+            print_summary(sweep, counts, total, time.time() - started, uri)
+        return []
+
+    def _launch(self, jobs: list[list[str]], total_runs: int) -> Counter:
+        counts: Counter = Counter()
+        per_launch = self.jobs_per_launch or default_jobs_per_launch(self.config)
+        with tqdm(
+            total=total_runs, unit="run", desc="sweep", dynamic_ncols=True, file=sys.stderr
+        ) as bar:
+            for start in range(0, len(jobs), per_launch):
+                batch = jobs[start : start + per_launch]
+                for job, result in zip(
+                    batch, self.launcher.launch(batch, initial_job_idx=start), strict=True
+                ):
+                    if result.status == JobStatus.COMPLETED:
+                        counts.update(result.return_value or {})
+                    else:
+                        counts["crashed_jobs"] += 1
+                        log.error(
+                            "job %s crashed: %s", " ".join(job), _first_line(result._return_value)
+                        )
+                    bar.update(runs_in(job))
+        return counts
+
+
+def default_jobs_per_launch(config: DictConfig) -> int:
+    launcher = config.hydra.launcher
+    n_jobs = launcher.get("n_jobs")
+    if n_jobs is None:
+        return 1 if "BasicLauncher" in str(launcher.get("_target_")) else 10**9
+    return 4 * (n_jobs if n_jobs > 0 else os.cpu_count() or 1)
+
+
+def runs_in(job: list[str]) -> int:
+    for override in job:
+        if override.startswith("seeds="):
+            return override.count(",") + 1
+    return 1
+
+
+def select_todo(tracker: Tracker, cells: list[Cell]) -> int:
+    """Fill each cell's todo seeds; returns how many runs are skipped as FINISHED."""
+    keys = {}
+    for cell in cells:
+        flat = flatten(cell.cfg)
+        for seed in cell.seeds:
+            keys[(id(cell), seed)] = config_key(flat, seed)
+    existing = tracker.runs_by_key(set(keys.values()))
+    skipped = 0
+    for cell in cells:
+        for seed in cell.seeds:
+            runs = existing.get(keys[(id(cell), seed)], [])
+            for run in runs:
+                if run.info.status == "RUNNING" and not is_alive_here(run):
+                    tracker.finish(run.info.run_id, "KILLED")
+                    run.info._status = "KILLED"
+            statuses = {run.info.status for run in runs}
+            if not cell.cfg.force and statuses & {"FINISHED", "RUNNING"}:
+                skipped += 1
+            else:
+                cell.todo.append(seed)
+    return skipped
+
+
+def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
+    common = [
+        *cell.overrides,
+        f"tracking.parent_run_id={sweep.parent_run_id}",
+        f"tracking.sweep_id={sweep.sweep_id}",
+        "tracking.resume_checked=true",
+    ]
+    if not cell.todo:
+        return []
+    if cell.batched:
+        seeds = ",".join(str(s) for s in cell.todo)
+        return [[*common, f"seed={cell.todo[0]}", f"seeds=[{seeds}]"]]
+    return [[*common, f"seed={seed}"] for seed in cell.todo]
+
+
+class SweepRun:
+    """The sweep's parent run: every job's runs are nested under it."""
+
+    def __init__(self, tracker: Tracker, arguments: list[str], cells: list[Cell]):
+        self.tracker = tracker
+        self.sweep_id = uuid.uuid4().hex[:12]
+        self.owned = True
+        outer = tracker.outer_run_id()
+        if outer:
+            self.parent_run_id, self.owned = outer, False
+            tracker.client.set_tag(outer, "sweep_id", self.sweep_id)
+            tracker.client.set_tag(outer, ROLE_TAG, "sweep")
+        else:
+            tags = {ROLE_TAG: "sweep", "sweep_id": self.sweep_id}
+            if commit := git_commit():
+                tags["mlflow.source.git.commit"] = commit
+            run = tracker.client.create_run(
+                tracker.experiment_id, run_name=f"sweep-{self.sweep_id}", tags=tags
+            )
+            self.parent_run_id = run.info.run_id
+        overrides = " ".join(arguments) or "(none)"
+        self.tracker.client.log_batch(
+            self.parent_run_id,
+            params=[
+                _param("overrides", overrides[:MAX_PARAM_LENGTH]),
+                _param("job_count", str(sum(len(c.seeds) for c in cells))),
+                _param("cells", str(len(cells))),
+            ],
+        )
+
+    def close(self, status: str, counts: Counter, total: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        names = ("finished", "skipped", "failed", "diverged", "killed", "crashed_jobs")
+        metrics = [
+            Metric(f"runs_{n}" if n != "crashed_jobs" else n, float(counts[n]), now, 0)
+            for n in names
+        ]
+        metrics.append(Metric("runs_planned", float(total), now, 0))
+        self.tracker.client.log_batch(self.parent_run_id, metrics=metrics)
+        if self.owned:
+            self.tracker.client.set_terminated(self.parent_run_id, status=status)
+
+
+def _param(key: str, value: str):
+    from mlflow.entities import Param
+
+    return Param(key, value)
+
+
+def _first_line(error) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def print_summary(sweep: SweepRun, counts: Counter, total: int, seconds: float, uri: str) -> None:
+    done = counts["finished"] + counts["failed"] + counts["diverged"]
+    rate = done / seconds if seconds > 0 else 0.0
+    lines = [
+        f"deadunits sweep {sweep.sweep_id}: {done} of {total} runs in {seconds:.1f} s ({rate:.1f} runs/s)",
+        f"  finished {counts['finished']}, failed {counts['failed']}, diverged {counts['diverged']}, "
+        f"skipped (already FINISHED) {counts['skipped']}, crashed jobs {counts['crashed_jobs']}",
+        f"  experiment '{sweep.tracker.client.get_experiment(sweep.tracker.experiment_id).name}', "
+        f"parent run {sweep.parent_run_id}",
+        f"  report: python -m analysis --experiment "
+        f"'{sweep.tracker.client.get_experiment(sweep.tracker.experiment_id).name}' --sweep {sweep.sweep_id}",
+    ]
+    if uri.startswith("sqlite:"):
+        lines.append(f"  UI:     mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    print("\n".join(lines), file=sys.stderr)

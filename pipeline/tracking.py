@@ -1,0 +1,265 @@
+"""Everything the pipeline writes to MLflow: the run schema, resume lookups, batched logging.
+
+Each training run is logged with one create_run, one log_batch (params, metrics with
+their steps, tags) and one set_terminated: no per-metric calls (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import cache
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from omegaconf import OmegaConf
+
+from pipeline.store import PROJECT_ROOT, sqlite_path
+
+ROLE_TAG = "deadunits.role"
+# Keys that do not change a run's result: left out of its config key, so resume matches.
+NOT_IN_KEY = ("tracking", "force", "seeds", "train.engine", "train.memory_budget_mb")
+# Never logged as params: they may hold credentials or machine paths.
+NOT_LOGGED = (
+    "tracking.uri",
+    "tracking.parent_run_id",
+    "tracking.sweep_id",
+    "tracking.resume_checked",
+    "seeds",
+)
+MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # one log_batch's limits
+
+
+def flatten(cfg, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a resolved config, keyed with dots."""
+    container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
+    flat: dict[str, object] = {}
+    for key, value in container.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _excluded(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def config_key(flat: dict[str, object], seed: int) -> str:
+    """A stable hash of everything that decides a run's result."""
+    kept = {k: v for k, v in flat.items() if not _excluded(k, NOT_IN_KEY)}
+    kept["seed"] = seed
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_params(flat: dict[str, object], seed: int) -> dict[str, str]:
+    params = {k: _as_text(v) for k, v in flat.items() if not _excluded(k, NOT_LOGGED)}
+    params["seed"] = str(seed)
+    return params
+
+
+def _as_text(value) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+
+def run_name(flat: dict[str, object], seed: int) -> str:
+    return f"{flat['model.activation']}-{flat['init.name']}-s{seed}"
+
+
+@cache
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=PROJECT_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def process_tags() -> dict[str, str]:
+    """Who is running this: lets a later sweep tell a live run from one a crash left RUNNING."""
+    return {"deadunits.host": socket.gethostname(), "deadunits.pid": str(os.getpid())}
+
+
+@dataclass
+class RunRecord:
+    """One run's complete payload, ready for a single log_batch."""
+
+    name: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: list[Metric] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    status: str = "FINISHED"
+
+    def merged(self, other: RunRecord) -> RunRecord:
+        """This record with another's params, tags, metrics and status added."""
+        return RunRecord(
+            self.name,
+            {**self.params, **other.params},
+            {**self.tags, **other.tags},
+            self.metrics + other.metrics,
+            {**self.artifacts, **other.artifacts},
+            other.status,
+        )
+
+    def add_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        now = int(time.time() * 1000)
+        self.metrics.extend(Metric(k, float(v), now, step) for k, v in values.items())
+
+    def add_series(self, key: str, values: Iterable[float], first_step: int = 1) -> None:
+        now = int(time.time() * 1000)
+        self.metrics.extend(
+            Metric(key, float(v), now, step) for step, v in enumerate(values, start=first_step)
+        )
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+class Tracker:
+    """A tracking store, one experiment in it, and the sweep (if any) runs belong to."""
+
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        parent_run_id: str | None = None,
+        sweep_id: str | None = None,
+    ):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = ensure_experiment(self.client, uri, experiment)
+        self.parent_run_id = parent_run_id
+        self.sweep_id = sweep_id
+
+    def outer_run_id(self) -> str | None:
+        """The run `mlflow run` opened for us ($MLFLOW_RUN_ID), if it is in this experiment."""
+        run_id = os.environ.get("MLFLOW_RUN_ID")
+        if not run_id:
+            return None
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return run_id if run.info.experiment_id == self.experiment_id else None
+
+    def base_tags(self) -> dict[str, str]:
+        tags = {ROLE_TAG: "run", **process_tags()}
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
+        if self.sweep_id:
+            tags["sweep_id"] = self.sweep_id
+        return tags
+
+    def start(self, record: RunRecord) -> str:
+        """Create a RUNNING run carrying everything known so far."""
+        run = self.client.create_run(
+            self.experiment_id,
+            tags={**record.tags, "mlflow.runName": record.name},
+            run_name=record.name,
+        )
+        self.log(run.info.run_id, record)
+        return run.info.run_id
+
+    def log(self, run_id: str, record: RunRecord) -> None:
+        params = [Param(k, v) for k, v in record.params.items()]
+        tags = [RunTag(k, v) for k, v in record.tags.items()]
+        metrics = record.metrics
+        # One call for a normal run; the limits only split very deep nets or long trainings.
+        while params or tags or metrics:
+            self.client.log_batch(
+                run_id,
+                metrics=metrics[:MAX_METRICS],
+                params=params[:MAX_PARAMS],
+                tags=tags[:MAX_TAGS],
+            )
+            params, tags, metrics = params[MAX_PARAMS:], tags[MAX_TAGS:], metrics[MAX_METRICS:]
+        for name, text in record.artifacts.items():
+            self.client.log_text(run_id, text, name)
+
+    def finish(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def log_complete(self, record: RunRecord) -> str:
+        """A whole run in three calls: create, log_batch, terminate."""
+        run_id = self.start(record)
+        self.finish(run_id, record.status)
+        return run_id
+
+    def runs_by_key(self, keys: set[str] | None = None) -> dict[str, list]:
+        """Existing runs of this experiment grouped by config key (all of them when keys is None)."""
+        found: dict[str, list] = {}
+        if keys is not None and len(keys) <= 20:
+            filters = [f"tags.config_key = '{key}'" for key in sorted(keys)]
+        else:
+            filters = [f"tags.`{ROLE_TAG}` = 'run'"]
+        for filter_string in filters:
+            token = None
+            while True:
+                page = self.client.search_runs(
+                    [self.experiment_id], filter_string, max_results=10_000, page_token=token
+                )
+                for run in page:
+                    key = run.data.tags.get("config_key")
+                    if key and (keys is None or key in keys):
+                        found.setdefault(key, []).append(run)
+                token = page.token
+                if not token:
+                    break
+        return found
+
+
+def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
+    """Get or create the experiment; artifacts of a SQLite store live beside its database."""
+    existing = client.get_experiment_by_name(name)
+    if existing is not None:
+        if existing.lifecycle_stage == "deleted":
+            raise MlflowException(
+                f"experiment {name!r} is deleted; restore it or choose another name"
+            )
+        return existing.experiment_id
+    db = sqlite_path(uri)
+    location = (db.parent / "mlartifacts").as_uri() if db else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException:
+        # Another process created it between our lookup and create.
+        again = client.get_experiment_by_name(name)
+        if again is None:
+            raise
+        return again.experiment_id
+
+
+def is_alive_here(run) -> bool:
+    """Whether a RUNNING run belongs to a live process on this host."""
+    tags = run.data.tags
+    if tags.get("deadunits.host") != socket.gethostname():
+        return False
+    try:
+        os.kill(int(tags.get("deadunits.pid", "0")), 0)
+    except (ValueError, ProcessLookupError, PermissionError):
+        return False
+    return int(tags.get("deadunits.pid", "0")) > 0
+
+
+def to_yaml(cfg) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
