@@ -11,8 +11,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
-from pipeline.job import run_job
-from pipeline.store import PROJECT_ROOT, StoreUnavailable
+from pipeline.store import PROJECT_ROOT, StoreUnavailable, check_store, resolve_tracking_uri
 from pipeline.validate import ConfigError, validate
 
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -74,10 +73,11 @@ def check_composes(argv: list[str]) -> None:
         elif OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
             fail(f"{key}: no such key in the config (see the CLI section of the README)")
     multirun = any(a in ("-m", "--multirun") for a in argv)
-    if not multirun:
+    if not multirun:  # a sweep checks every job's config in the sweeper, before any job runs
         try:
             validate(cfg)
-        except ConfigError as error:
+            check_store(resolve_tracking_uri(cfg.tracking.uri), cfg.tracking.timeout_s)
+        except (ConfigError, StoreUnavailable) as error:
             fail(str(error))
 
 
@@ -104,6 +104,8 @@ def describe_compose_error(error: Exception) -> str:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def app(cfg: DictConfig) -> dict[str, int]:
+    from pipeline.job import run_job  # imports MLflow and scikit-learn: only once input is valid
+
     try:
         summary = run_job(cfg)
     except (ConfigError, StoreUnavailable) as error:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from math import sqrt
 
 import numpy as np
-from scipy.special import erf
 
 
 def sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
+
+
+def _gelu(z):
+    from scipy.special import erf  # scipy is slow to import and only gelu needs it
+
+    return 0.5 * z * (1.0 + erf(z / sqrt(2.0)))
 
 
 SELU_ALPHA = 1.6732632423543772
@@ -23,7 +28,7 @@ FORWARD = {
     "leaky_relu": lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
     "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
     "selu": lambda z: SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0.0))),
-    "gelu": lambda z: 0.5 * z * (1.0 + erf(z / sqrt(2.0))),
+    "gelu": lambda z: _gelu(z),
     "swish": lambda z: z * sigmoid(z),
     "softplus": lambda z: np.logaddexp(0.0, z),
     "tanh": np.tanh,
