@@ -1,6 +1,7 @@
 """End to end: the notebook preset through the CLI, read back from a temporary SQLite store."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,7 +71,7 @@ def test_both_runs_start_from_the_notebook_weights(notebook_runs, tmp_path):
     for activation in ("relu", "linear"):
         run = child(runs, activation)
         path = client.download_artifacts(run.info.run_id, "initial_weights.json", str(tmp_path))
-        layers = json.load(open(path))["layers"]
+        layers = json.loads(Path(path).read_text())["layers"]
         assert np.float32(layers[0]["kernel"][0]).tolist() == np.float32(NOTEBOOK_W1).tolist()
         assert (
             np.float32(np.ravel(layers[1]["kernel"])).tolist() == np.float32(NOTEBOOK_W2).tolist()
