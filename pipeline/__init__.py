@@ -2,3 +2,8 @@
 
 Importing this package is cheap: TensorFlow is imported only by the engines.
 """
+
+import os
+
+# TensorFlow's C++ start-up chatter (CUDA probes, CPU features) is noise for a CPU sweep.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -9,6 +9,7 @@ the batched engine. It shows progress and ends with a one-screen summary.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import sys
@@ -22,16 +23,26 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
+from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
 import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
 from pipeline.store import StoreUnavailable, check_store, resolve_tracking_uri
-from pipeline.tracking import ROLE_TAG, Tracker, config_key, flatten, git_commit, is_alive_here
+from pipeline.tracking import (
+    ROLE_TAG,
+    Tracker,
+    config_key,
+    flatten,
+    git_commit,
+    is_alive_here,
+    process_tags,
+)
 from pipeline.validate import ConfigError, validate
 
 log = logging.getLogger("deadunits")
 MAX_PARAM_LENGTH = 6000
+SIGNATURE_TAG = "deadunits.sweep_signature"
 
 
 @dataclass
@@ -120,10 +131,18 @@ class GroupingSweeper(Sweeper):
             fail(describe_compose_error(error))
 
         tracker = Tracker(uri, tracking.experiment)
-        skipped = select_todo(tracker, cells)
-        sweep = SweepRun(tracker, arguments, cells)
-        job_list = [job for cell in cells for job in job_overrides(cell, sweep)]
+        keys = run_keys(cells)
+        skipped = select_todo(tracker, cells, keys)
         total = sum(len(c.todo) for c in cells)
+        if total == 0:
+            print(
+                f"nothing to do: all {skipped} runs of this sweep are already FINISHED in "
+                f"experiment '{tracking.experiment}' (force=true re-runs them)",
+                file=sys.stderr,
+            )
+            return []
+        sweep = SweepRun(tracker, arguments, cells, sweep_signature(list(keys.values())))
+        job_list = [job for cell in cells for job in job_overrides(cell, sweep)]
         counts: Counter = Counter(skipped=skipped)
         started = time.time()
         status = "FAILED"
@@ -145,6 +164,8 @@ class GroupingSweeper(Sweeper):
 
     def _launch(self, jobs: list[list[str]], total_runs: int) -> Counter:
         counts: Counter = Counter()
+        # The progress bar replaces Hydra's two log lines per job.
+        logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
         per_launch = self.jobs_per_launch or default_jobs_per_launch(self.config)
         with tqdm(
             total=total_runs, unit="run", desc="sweep", dynamic_ncols=True, file=sys.stderr
@@ -180,13 +201,18 @@ def runs_in(job: list[str]) -> int:
     return 1
 
 
-def select_todo(tracker: Tracker, cells: list[Cell]) -> int:
-    """Fill each cell's todo seeds; returns how many runs are skipped as FINISHED."""
+def run_keys(cells: list[Cell]) -> dict[tuple[int, int], str]:
+    """The config key of every planned run, by (cell, seed)."""
     keys = {}
     for cell in cells:
         flat = flatten(cell.cfg)
         for seed in cell.seeds:
             keys[(id(cell), seed)] = config_key(flat, seed)
+    return keys
+
+
+def select_todo(tracker: Tracker, cells: list[Cell], keys: dict[tuple[int, int], str]) -> int:
+    """Fill each cell's todo seeds; returns how many runs are skipped as FINISHED."""
     existing = tracker.runs_by_key(set(keys.values()))
     skipped = 0
     for cell in cells:
@@ -220,54 +246,73 @@ def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
 
 
 class SweepRun:
-    """The sweep's parent run: every job's runs are nested under it."""
+    """The sweep's parent run: every job's runs are nested under it.
 
-    def __init__(self, tracker: Tracker, arguments: list[str], cells: list[Cell]):
+    A sweep is identified by the config keys of all its runs, so re-launching the same
+    command (to resume after a crash) reopens the same parent instead of adding one.
+    """
+
+    def __init__(self, tracker: Tracker, arguments: list[str], cells: list[Cell], signature: str):
         self.tracker = tracker
-        self.sweep_id = uuid.uuid4().hex[:12]
+        self.signature = signature
         self.owned = True
+        self.resumed = False
+        client = tracker.client
         outer = tracker.outer_run_id()
+        previous = self.previous_parent()
         if outer:
             self.parent_run_id, self.owned = outer, False
-            tracker.client.set_tag(outer, "sweep_id", self.sweep_id)
-            tracker.client.set_tag(outer, ROLE_TAG, "sweep")
+            self.sweep_id = uuid.uuid4().hex[:12]
+        elif previous is not None:
+            self.parent_run_id = previous.info.run_id
+            self.sweep_id = previous.data.tags["sweep_id"]
+            self.resumed = True
+            client.update_run(self.parent_run_id, status="RUNNING")
         else:
-            tags = {ROLE_TAG: "sweep", "sweep_id": self.sweep_id}
-            if commit := git_commit():
-                tags["mlflow.source.git.commit"] = commit
-            run = tracker.client.create_run(
-                tracker.experiment_id, run_name=f"sweep-{self.sweep_id}", tags=tags
+            self.sweep_id = uuid.uuid4().hex[:12]
+            run = client.create_run(
+                tracker.experiment_id, run_name=f"sweep-{self.sweep_id}", tags={ROLE_TAG: "sweep"}
             )
             self.parent_run_id = run.info.run_id
-        overrides = " ".join(arguments) or "(none)"
-        self.tracker.client.log_batch(
+        tags = {ROLE_TAG: "sweep", "sweep_id": self.sweep_id, SIGNATURE_TAG: signature}
+        tags.update(process_tags())
+        if commit := git_commit():
+            tags["mlflow.source.git.commit"] = commit
+        params = {
+            "overrides": (" ".join(arguments) or "(none)")[:MAX_PARAM_LENGTH],
+            "job_count": str(sum(len(c.seeds) for c in cells)),
+            "cells": str(len(cells)),
+        }
+        if self.resumed:  # params are immutable in MLflow and already logged
+            params = {}
+        client.log_batch(
             self.parent_run_id,
-            params=[
-                _param("overrides", overrides[:MAX_PARAM_LENGTH]),
-                _param("job_count", str(sum(len(c.seeds) for c in cells))),
-                _param("cells", str(len(cells))),
-            ],
+            params=[Param(k, v) for k, v in params.items()],
+            tags=[RunTag(k, v) for k, v in tags.items()],
         )
 
-    def close(self, status: str, counts: Counter, total: int) -> None:
-        from mlflow.entities import Metric
+    def previous_parent(self):
+        runs = self.tracker.client.search_runs(
+            [self.tracker.experiment_id],
+            f"tags.`{SIGNATURE_TAG}` = '{self.signature}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
 
+    def close(self, status: str, counts: Counter, total: int) -> None:
         now = int(time.time() * 1000)
-        names = ("finished", "skipped", "failed", "diverged", "killed", "crashed_jobs")
-        metrics = [
-            Metric(f"runs_{n}" if n != "crashed_jobs" else n, float(counts[n]), now, 0)
-            for n in names
-        ]
+        names = ("finished", "skipped", "failed", "diverged", "killed")
+        metrics = [Metric(f"runs_{n}", float(counts[n]), now, 0) for n in names]
+        metrics.append(Metric("crashed_jobs", float(counts["crashed_jobs"]), now, 0))
         metrics.append(Metric("runs_planned", float(total), now, 0))
         self.tracker.client.log_batch(self.parent_run_id, metrics=metrics)
         if self.owned:
             self.tracker.client.set_terminated(self.parent_run_id, status=status)
 
 
-def _param(key: str, value: str):
-    from mlflow.entities import Param
-
-    return Param(key, value)
+def sweep_signature(keys: list[str]) -> str:
+    return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
 def _first_line(error) -> str:

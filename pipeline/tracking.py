@@ -6,9 +6,11 @@ their steps, tags) and one set_terminated: no per-metric calls (DESIGN.md sectio
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+import random
 import socket
 import subprocess
 import time
@@ -133,6 +135,53 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+class RetryingClient:
+    """An MlflowClient whose calls retry with backoff while SQLite reports a lock.
+
+    SQLite takes one writer at a time; MLflow waits 20 s for the lock, and parallel
+    workers can still exceed that under load. A locked write is rolled back, so a retry
+    cannot duplicate it.
+    """
+
+    def __init__(self, client: MlflowClient, attempts: int = 8):
+        self._client = client
+        self._attempts = attempts
+
+    def __getattr__(self, name: str):
+        method = getattr(self._client, name)
+        if not callable(method):
+            return method
+
+        def call(*args, **kwargs):
+            for attempt in range(self._attempts):
+                try:
+                    return method(*args, **kwargs)
+                except Exception as error:
+                    if "database is locked" not in str(error) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+            raise AssertionError("unreachable")
+
+        return call
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MlflowClient; a new SQLite store is created by one process at a time.
+
+    MLflow creates the tables of a new SQLite store on first use, and two processes doing
+    that at once fail with "table ... already exists" (DESIGN.md section 5).
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(tracking_uri=uri)
+    with open(db.parent / f"{db.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return MlflowClient(tracking_uri=uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 class Tracker:
     """A tracking store, one experiment in it, and the sweep (if any) runs belong to."""
 
@@ -144,7 +193,7 @@ class Tracker:
         sweep_id: str | None = None,
     ):
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = RetryingClient(open_client(uri))
         self.experiment_id = ensure_experiment(self.client, uri, experiment)
         self.parent_run_id = parent_run_id
         self.sweep_id = sweep_id
