@@ -6,6 +6,9 @@ start from identical weights under one seed (the paired comparison of the notebo
 
 from __future__ import annotations
 
+import random
+from functools import cache
+
 import numpy as np
 
 KERAS_INITIALIZERS = (
@@ -36,23 +39,92 @@ def initial_weights(
     init_cfg, shapes: list[tuple[int, int]], bias_init: float, seed: int
 ) -> Weights:
     """Draw every layer's kernel and bias for one seed."""
+    return initial_weights_for_seeds(init_cfg, shapes, bias_init, [seed])[0]
+
+
+def initial_weights_for_seeds(
+    init_cfg, shapes: list[tuple[int, int]], bias_init: float, seeds: list[int]
+) -> list[Weights]:
+    """Draw every layer's kernel and bias for each seed: the same as one seed at a time."""
     name = init_cfg["name"]
     if name == "rai":
-        return _rai(shapes, seed, init_cfg["beta_a"], init_cfg["beta_b"], init_cfg["std"])
-    kernels = _legacy_tf2(shapes, seed) if name == "legacy_tf2" else _keras(name, shapes, seed)
-    return [(k, np.full(k.shape[1], bias_init, dtype=np.float32)) for k in kernels]
-
-
-def _keras(name: str, shapes, seed: int) -> list[np.ndarray]:
-    import keras
-
-    keras.utils.set_random_seed(seed)
-    # One fresh initializer per layer, created before any draw: what building a Sequential does.
-    initializers = [keras.initializers.get(name) for _ in shapes]
+        args = (init_cfg["beta_a"], init_cfg["beta_b"], init_cfg["std"])
+        return [_rai(shapes, seed, *args) for seed in seeds]
+    if name == "legacy_tf2":
+        per_seed = [_legacy_tf2(shapes, seed) for seed in seeds]
+    else:
+        per_seed = _keras(name, shapes, seeds)
     return [
-        np.asarray(init(shape), dtype=np.float32)
-        for init, shape in zip(initializers, shapes, strict=True)
+        [(k, np.full(k.shape[1], bias_init, dtype=np.float32)) for k in kernels]
+        for kernels in per_seed
     ]
+
+
+def keras_layer_seeds(seed: int, layers: int) -> list[int]:
+    """The integer seed each layer's Keras initializer gets under set_random_seed(seed).
+
+    An unseeded Keras initializer takes `random.randint(1, 10**9)` from Python's global
+    generator when it is created, and set_random_seed(seed) seeds that generator; building
+    a Sequential creates one kernel initializer per layer, in order.
+    """
+    generator = random.Random(seed)
+    return [generator.randint(1, int(1e9)) for _ in range(layers)]
+
+
+def _keras(name: str, shapes, seeds: list[int]) -> list[list[np.ndarray]]:
+    """Kernels exactly as building the Keras model under keras.utils.set_random_seed(seed).
+
+    Eager Keras initializer calls cost milliseconds per seed, so the draws run in one traced
+    function over all seeds: each layer's initializer is the genuine Keras one, fed its
+    integer seed as a tensor, which goes through the same stateless random ops.
+    """
+    import tensorflow as tf
+
+    draw = _keras_drawer(name, tuple(shapes))
+    layer_seeds = np.array([keras_layer_seeds(seed, len(shapes)) for seed in seeds], np.int64)
+    drawn = [k.numpy() for k in draw(tf.constant(layer_seeds.reshape(len(seeds), len(shapes))))]
+    return [[kernels[index] for kernels in drawn] for index in range(len(seeds))]
+
+
+@cache
+def _keras_drawer(name: str, shapes: tuple[tuple[int, int], ...]):
+    import keras
+    import tensorflow as tf
+
+    state = random.getstate()  # creating an unseeded initializer draws from Python's random
+    initializer_class = type(keras.initializers.get(name))
+    random.setstate(state)
+    seed_generator = _tensor_seed_class()
+
+    def draw_one(seeds):
+        return [
+            initializer_class(seed=seed_generator(seeds[layer]))(shape, dtype="float32")
+            for layer, shape in enumerate(shapes)
+        ]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, len(shapes)], tf.int64)])
+    def draw(seeds):
+        signature = [tf.TensorSpec(shape, tf.float32) for shape in shapes]
+        return tf.map_fn(draw_one, seeds, fn_output_signature=signature, parallel_iterations=16)
+
+    return draw
+
+
+@cache
+def _tensor_seed_class():
+    import keras
+    import tensorflow as tf
+
+    class TensorSeed(keras.random.SeedGenerator):
+        """An integer seed held in a tensor: Keras draws from [seed, 0] as for a Python int."""
+
+        def __init__(self, seed):  # no state variable: this seed never advances
+            self.seed = seed
+
+        def next(self, ordered=True):
+            return tf.stack([self.seed, tf.zeros_like(self.seed)])
+
+    return TensorSeed
 
 
 def _legacy_tf2(shapes, seed: int) -> list[np.ndarray]:

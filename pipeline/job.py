@@ -19,7 +19,7 @@ import numpy as np
 from pipeline import forward
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
-from pipeline.initializers import initial_weights, layer_shapes, stack
+from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.probe import ProbeResult, probe
 from pipeline.store import check_store, resolve_tracking_uri
 from pipeline.tracking import (
@@ -115,7 +115,7 @@ def prepare_members(
     shapes = layer_shapes(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
     )
-    weights = [initial_weights(cfg.init, shapes, cfg.model.bias_init, seed) for seed in seeds]
+    weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)
     at_init = probe_members(cfg, weights, data)
     members = []
     for index, seed in enumerate(seeds):

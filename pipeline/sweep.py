@@ -30,6 +30,7 @@ from tqdm import tqdm
 import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
 from pipeline.store import StoreUnavailable, check_store, resolve_tracking_uri
 from pipeline.tracking import (
+    NOT_LOGGED,
     ROLE_TAG,
     Tracker,
     config_key,
@@ -279,12 +280,14 @@ class SweepRun:
         if commit := git_commit():
             tags["mlflow.source.git.commit"] = commit
         params = {
-            "overrides": (" ".join(arguments) or "(none)")[:MAX_PARAM_LENGTH],
+            "overrides": (" ".join(loggable_overrides(arguments)) or "(none)")[:MAX_PARAM_LENGTH],
             "job_count": str(sum(len(c.seeds) for c in cells)),
             "cells": str(len(cells)),
         }
-        if self.resumed:  # params are immutable in MLflow and already logged
-            params = {}
+        # MLflow params are immutable: a reopened parent, or the run `mlflow run` opened
+        # (which holds the MLproject parameters), keeps the ones it has.
+        existing = client.get_run(self.parent_run_id).data.params
+        params = {k: v for k, v in params.items() if k not in existing}
         client.log_batch(
             self.parent_run_id,
             params=[Param(k, v) for k, v in params.items()],
@@ -309,6 +312,17 @@ class SweepRun:
         self.tracker.client.log_batch(self.parent_run_id, metrics=metrics)
         if self.owned:
             self.tracker.client.set_terminated(self.parent_run_id, status=status)
+
+
+def loggable_overrides(arguments: list[str]) -> list[str]:
+    """The sweep's overrides minus those that may hold credentials or machine paths."""
+    kept = []
+    for argument in arguments:
+        key = argument.partition("=")[0].lstrip("+~")
+        if key in NOT_LOGGED or key.startswith("hydra."):
+            continue
+        kept.append(argument)
+    return kept
 
 
 def sweep_signature(keys: list[str]) -> str:

@@ -187,7 +187,7 @@ def test_mlflow_run_entry_point(tmp_path):
             "-P",
             "preset=seed_notebook",
             "-P",
-            "overrides=train.epochs=1",
+            "args=train.epochs=1",
             "--experiment-name",
             "seed_notebook",
         ],
