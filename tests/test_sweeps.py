@@ -203,3 +203,18 @@ def test_mlflow_run_entry_point(tmp_path):
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert parent.data.tags.get("mlflow.project.entryPoint") == "sweep"
+
+
+def test_submitit_local_launcher(store):
+    result = run_cli(
+        "-m",
+        "seed=0,1",
+        "hydra/launcher=submitit_local",
+        *SMALL,
+        f"tracking.uri={store}",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    children, (parent,) = runs_of(store), runs_of(store, role="sweep")
+    assert Counter(r.info.status for r in children) == {"FINISHED": 2}
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
