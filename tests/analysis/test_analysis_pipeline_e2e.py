@@ -1,0 +1,74 @@
+"""A real sweep from the pipeline CLI, then a report on it (trains networks: slow)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_module(module, *args, cwd):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env.pop("MLFLOW_RUN_ID", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_report_on_a_real_sweep(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    sweep = run_module(
+        "pipeline",
+        "-m",
+        "seed=range(0,4)",
+        "model.activation=relu,linear",
+        "train.epochs=1",
+        f"tracking.uri={uri}",
+        cwd=tmp_path,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("deadunits")
+    parents = client.search_runs([experiment.experiment_id], "tags.`deadunits.role` = 'sweep'")
+    assert len(parents) == 1
+    sweep_id = parents[0].data.tags["sweep_id"]
+
+    out = tmp_path / "report"
+    result = run_module(
+        "analysis",
+        "--experiment",
+        "deadunits",
+        "--sweep",
+        sweep_id,
+        "--tracking-uri",
+        uri,
+        "--out",
+        str(out),
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "8 runs, 2 groups" in result.stdout
+
+    summary = pd.read_csv(out / "summary.csv").set_index("model.activation")
+    assert list(summary["runs"]) == [4, 4] and list(summary["finished"]) == [4, 4]
+    assert summary.loc["linear", "dead_at_init_k"] == 0  # linear units cannot die
+    # The pipeline's default net is bias-free ReLU on (0, 1) with Glorot init: theory applies.
+    assert summary.loc["relu", "collapse_theory"] == pytest.approx(0.25)
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(list(out.glob("*.png"))) >= 3
+    reports = client.search_runs([experiment.experiment_id], "tags.`deadunits.role` = 'report'")
+    assert len(reports) == 1
+    assert reports[0].data.tags["deadunits.report.sweep_id"] == sweep_id
