@@ -12,23 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from pipeline.initializers import KERAS_INITIALIZERS
+
 # Initializers whose weights are symmetric about zero (sign flips leave the law unchanged).
 # `legacy_tf2` is the notebook's old unseeded Glorot uniform. RAI is asymmetric by design.
-SYMMETRIC_INITS = frozenset(
-    {
-        "glorot_uniform",
-        "glorot_normal",
-        "he_uniform",
-        "he_normal",
-        "lecun_uniform",
-        "lecun_normal",
-        "random_uniform",
-        "random_normal",
-        "truncated_normal",
-        "orthogonal",
-        "legacy_tf2",
-    }
-)
+SYMMETRIC_INITS = frozenset({*KERAS_INITIALIZERS, "legacy_tf2"})
 
 
 def _widths(hidden_sizes: Sequence[int]) -> np.ndarray:
