@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 EXPERIMENT ?= quick_study
 HOST ?= 127.0.0.1
 PORT ?= 5000
+# `make ui` opens this store; `make server` keeps its PostgreSQL data and artifacts here.
+# (Both turn off the server's GenAI job runner, which training runs do not use.)
+UI_STORE ?= sqlite:///$(CURDIR)/mlflow.db
+SERVER_DIR ?= $(CURDIR)/mlflow-server
 
 .PHONY: venv run sweep report test lint format ui server bench clean
 
@@ -36,6 +40,14 @@ format: venv
 
 test: venv lint
 	$(PY) -m pytest
+
+ui: venv
+	@echo "MLflow UI on $(UI_STORE): http://$(HOST):$(PORT)  (Ctrl-C stops it)"
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
+	$(VENV)/bin/mlflow ui --backend-store-uri $(UI_STORE) --host $(HOST) --port $(PORT)
+
+server: venv
+	HOST=$(HOST) PORT=$(PORT) MLFLOW=$(abspath $(VENV))/bin/mlflow scripts/server.sh $(SERVER_DIR)
 
 clean:
 	rm -rf outputs multirun reports .pytest_cache test-artifacts

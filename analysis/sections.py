@@ -12,6 +12,7 @@ from analysis import findings
 from analysis.blocks import Bullets, Document, Figure, Paragraph, Section, Table
 from analysis.compute import Results
 from analysis.tables import SHORT_NAMES
+from pipeline.store import redact_uri
 
 MAX_LISTED_RUNS = 100
 NO_DATA = "no data"
@@ -112,7 +113,7 @@ def data_section(results: Results) -> Section:
     scope = f"sweep `{loaded.sweep_id}` of " if loaded.sweep_id else ""
     items = [
         f"Runs: every run tagged `deadunits.role=run` in {scope}experiment "
-        f"`{loaded.experiment}` (id {loaded.experiment_id}), tracking URI `{loaded.tracking_uri}`; "
+        f"`{loaded.experiment}` (id {loaded.experiment_id}), tracking URI `{redact_uri(loaded.tracking_uri)}`; "
         f"{findings.plural(len(loaded.frame), 'run')} read in {loaded.load_seconds:.1f} s.",
         "Outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()) + ".",
         "Groups: by "

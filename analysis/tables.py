@@ -287,7 +287,7 @@ def saturation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     rows = []
     for label, values, runs in iter_groups(frame, keys):
         activation = runs[ACTIVATION].iloc[0] if ACTIVATION in runs else None
-        if activation not in SATURATING:
+        if pd.isna(activation) or activation not in SATURATING:
             continue
         at_init, at_end = init_runs(runs), finished_runs(runs)
         rows.append(

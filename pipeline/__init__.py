@@ -7,3 +7,8 @@ import os
 
 # TensorFlow's C++ start-up chatter (CUDA probes, CPU features) is noise for a CPU sweep.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+# MLflow's telemetry thread calls out to the internet (unreachable here) and, when that fails,
+# deletes an environment variable while other threads read the environment: a KeyError race
+# that crashed about 1 logging call in 80 against a tracking server.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

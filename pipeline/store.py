@@ -69,12 +69,12 @@ def _check_server(uri: str, timeout_s: float) -> None:
         response = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
     except requests.RequestException:
         raise StoreUnavailable(
-            f"tracking.uri: no MLflow tracking server answered at {_redact(uri)} "
+            f"tracking.uri: no MLflow tracking server answered at {redact_uri(uri)} "
             f"within {timeout_s:g} s (tracking.timeout_s)"
         ) from None
     if response.status_code != 200:
         raise StoreUnavailable(
-            f"tracking.uri: {_redact(uri)} answered HTTP {response.status_code}, "
+            f"tracking.uri: {redact_uri(uri)} answered HTTP {response.status_code}, "
             "not an MLflow tracking server"
         )
 
@@ -90,11 +90,11 @@ def _check_database(uri: str, timeout_s: float) -> None:
     except Exception as error:  # driver errors vary; all mean "cannot log here"
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StoreUnavailable(
-            f"tracking.uri: cannot connect to {_redact(uri)}: {reason}"
+            f"tracking.uri: cannot connect to {redact_uri(uri)}: {reason}"
         ) from None
 
 
-def _redact(uri: str) -> str:
+def redact_uri(uri: str) -> str:
     """Hide a password in user:password@host."""
     scheme, sep, rest = uri.partition("://")
     if "@" in rest:

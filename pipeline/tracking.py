@@ -229,8 +229,12 @@ class Tracker:
             tags={**record.tags, "mlflow.runName": record.name},
             run_name=record.name,
         )
-        # create_run stored the tags; sending them again would cost log_batch a transaction.
-        self.log(run.info.run_id, replace(record, tags={}), run.info.artifact_uri)
+        try:
+            # create_run stored the tags; sending them again would cost log_batch a transaction.
+            self.log(run.info.run_id, replace(record, tags={}), run.info.artifact_uri)
+        except BaseException:
+            self.client.set_terminated(run.info.run_id, status="FAILED")  # never left RUNNING
+            raise
         return run.info.run_id
 
     def log(self, run_id: str, record: RunRecord, artifact_uri: str | None = None) -> None:

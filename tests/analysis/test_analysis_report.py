@@ -170,3 +170,16 @@ def test_unknown_experiment_and_empty_sweep(study, tmp_path):
     with pytest.raises(AnalysisError, match="no runs with sweep_id 'other'"):
         build_report(study.experiment, tmp_path, sweep_id="other", tracking_uri=study.uri)
     assert not any(tmp_path.iterdir())  # nothing written on error
+
+
+def test_a_run_with_no_params_is_listed_not_fatal(fake_store, tmp_path):
+    # What a job that crashed right after create_run leaves behind: no params, no metrics.
+    store = fake_store()
+    store.log(config={"seed": 0, "model.activation": "tanh"}, metrics=run_metrics(dead_init=0))
+    store.log(config={"seed": 1}, metrics=run_metrics(dead_init=1))
+    empty = store.client.create_run(store.experiment_id, tags={"deadunits.role": "run"})
+    store.client.set_terminated(empty.info.run_id, "KILLED")
+    write_report(store.experiment, tmp_path, tracking_uri=store.uri, log_to_mlflow=False)
+    text = (tmp_path / "report.md").read_text()
+    assert "3 runs in 3 groups: 2 finished, 1 killed." in text
+    assert empty.info.run_id in text
