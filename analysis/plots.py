@@ -64,6 +64,8 @@ def plot_dead_rates(death: pd.DataFrame, path: Path) -> Path:
     axes[0].set_yticks(y, [_wrap(g, 45) for g in groups], fontsize=7)
     axes[0].invert_yaxis()
     figure.suptitle("Dead units at initialization, per group", fontsize=11)
+    # Leave the suptitle a band of its own, whatever the figure's height.
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.45 / figure.get_figheight()))
     return _save(figure, path)
 
 
@@ -131,7 +133,15 @@ def plot_loss_curves(curves: pd.DataFrame, groups: list[str], path: Path) -> Pat
         panel = curves[curves["group"] == group]
         sampled = {}
         for (status, key), line in panel.groupby(["status", "key"], sort=True):
-            ax.plot(line["step"], line["median"], styles.get(key, ":"), color=colours[status])
+            # Markers keep a one-epoch curve (a single point) visible.
+            ax.plot(
+                line["step"],
+                line["median"],
+                styles.get(key, ":"),
+                color=colours[status],
+                marker="o",
+                ms=3,
+            )
             ax.fill_between(
                 line["step"], line["q25"], line["q75"], color=colours[status], alpha=0.12, lw=0
             )
