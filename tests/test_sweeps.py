@@ -147,16 +147,15 @@ def test_ctrl_c_ends_the_sweep_cleanly(store):
 
 
 def test_parallel_joblib_workers_on_sqlite_lose_nothing(store):
-    # 4 worker processes writing 200 runs to one SQLite store at once.
+    # 4 worker processes, each logging 50 batched runs, into one SQLite store at once.
     result = run_cli(
         "-m",
         "seed=range(0,50)",
-        "model.activation=relu,tanh,linear,elu",
+        "model.activation=relu,tanh,linear,leaky_relu",
+        "train.engine=batched",
         "hydra/launcher=joblib",
         "hydra.launcher.n_jobs=4",
-        "train.epochs=1",
-        "data.n_samples=50",
-        "train.batch_size=40",
+        *SMALL,
         f"tracking.uri={store}",
         timeout=900,
     )
@@ -166,9 +165,10 @@ def test_parallel_joblib_workers_on_sqlite_lose_nothing(store):
     assert Counter(r.info.status for r in children) == {"FINISHED": 200}
     assert len({r.data.tags["config_key"] for r in children}) == 200  # no duplicates
     pids = {r.data.tags["deadunits.pid"] for r in children}
-    assert len(pids) >= 2, "the jobs ran in worker processes"
+    assert len(pids) >= 2, "the cells ran in parallel worker processes"
     (parent,) = runs_of(store, role="sweep")
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert parent.data.metrics["runs_finished"] == 200
     assert "database is locked" not in result.stderr
 
 

@@ -9,26 +9,41 @@ exact for elementwise optimizers (adam, sgd, rmsprop, adagrad): every weight's u
 depends on that weight's gradient history only.
 
 The result equals `model.fit` (the keras engine) bit for bit, weights and losses alike, on
-TensorFlow's default CPU kernels. That needs care with one thing: TensorFlow picks its CPU
-matmul kernel by shape. Keras multiplies a batch by a layer's kernel with a 2-D MatMul; a
-stacked [M, n, in] @ [M, in, out] product runs through a different kernel, which sums in a
-different order, unless one of n, in, out is 1 or n * in * out exceeds 128 * 128 (then both
-use the same per-matrix kernel). In this project inputs and outputs have one unit, so only
-hidden-to-hidden layers of nets with two or more hidden layers are affected; for those the
-products are done member by member with 2-D matmuls, exact but slower (see `_matmul`).
+TensorFlow's CPU kernels. Two things about those kernels need care, because a member's
+numbers sit in a bigger tensor here than in its own Keras model:
+
+- TensorFlow picks its matmul kernel by shape. Keras multiplies a batch by a layer's kernel
+  with a 2-D MatMul; a stacked [M, n, in] @ [M, in, out] product runs through a kernel that
+  sums in another order, unless one of n, in, out is 1 or n * in * out > 128 * 128. Inputs
+  and outputs have one unit here, so only hidden-to-hidden layers are affected; those are
+  multiplied member by member with 2-D matmuls (`_matmul`).
+- Elementwise kernels run in SIMD packets (8 floats with AVX) and do a tensor's last
+  size % 8 elements one by one, and some functions round differently in the two paths:
+  exp-based activations (elu, selu, gelu, swish, softplus, sigmoid) and rsqrt, which
+  TensorFlow's graph optimizer puts in place of Keras's x / sqrt(y) in adagrad and rmsprop.
+  The optimizer also fuses some activations into Keras's matmul (MatMul + BiasAdd + Elu),
+  where they run in yet other blocks. So layers with those activations run member by member
+  as Keras writes them, 2-D matmul, bias, activation (`_dense_per_member`), and rsqrt is
+  computed per element the way the member's own variable gets it (`rsqrt_as_keras`).
+
+Member-by-member ops are exact but cost a few microseconds each, so nets that need them
+train slower; the notebook net with relu, leaky_relu, tanh or linear needs none.
 
 Memory is linear in the number of members: `bytes_per_member` estimates it from the tensor
-sizes, and `train` splits the members into chunks that fit `train.memory_budget_mb`,
-yielding each chunk's results before the next one trains, so they can be logged meanwhile.
+sizes, and `train` splits the members into equal chunks that fit `train.memory_budget_mb`
+(and hold at most MAX_MEMBERS_PER_CHUNK, beyond which vectorizing gains nothing), yielding
+each chunk's results before the next one trains, so they are logged meanwhile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from functools import cache
 
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from pipeline import network
 from pipeline.data import Dataset
@@ -36,14 +51,21 @@ from pipeline.engines import MemberResult
 
 # Optimizer slot variables per weight. Only elementwise optimizers can be batched exactly.
 OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "rmsprop": 1, "adam": 2}
+# Activations whose kernels round an element alike in SIMD packets and one by one (checked
+# by tests/test_batched_engine.py on this TensorFlow build): they run on stacked tensors.
+POSITION_FREE_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "linear")
 # TensorFlow's CPU BatchMatMul runs each matrix through the 2-D MatMul kernel above this cost.
 MATMUL_PER_MATRIX_COST = 128 * 128
 # Bookkeeping per member outside the tensors: its numpy Generator, results, Python objects.
 MEMBER_OVERHEAD_BYTES = 4096
-# Traced graph per member-by-member matmul (its ops, their gradients, TF's copies), measured.
-GRAPH_BYTES_PER_MEMBER_MATMUL = 40_000
-# Member-by-member matmuls traced into one graph at most: bounds tracing time (~2 ms each).
-MAX_MEMBER_MATMULS_PER_GRAPH = 10_000
+# Traced graph per member-by-member op (the op, its gradient, TF's copies), measured.
+GRAPH_BYTES_PER_MEMBER_OP = 40_000
+# Member-by-member ops traced into one graph at most: bounds tracing time (~2 ms each).
+MAX_MEMBER_OPS_PER_GRAPH = 10_000
+# Members per chunk at most: the first results are logged while later chunks train.
+# Measured on 4,096 members of the notebook net (2 cores): 531 runs/s in chunks of 512,
+# 593 in chunks of 1024, 582 in one chunk; first results after 1.5, 2.5 and 7 s.
+MAX_MEMBERS_PER_CHUNK = 512
 
 
 class UnsupportedConfig(ValueError):
@@ -53,15 +75,24 @@ class UnsupportedConfig(ValueError):
 def train(
     train_cfg, model_cfg, data: Dataset, seeds: list[int], initial: list
 ) -> Iterator[MemberResult]:
-    """Train all members in chunks that fit the memory budget; yield results chunk by chunk."""
+    """Train all members in chunks that fit the memory budget; yield results chunk by chunk.
+
+    Chunks are of equal size (the last one may be smaller), so one traced program serves
+    them all.
+    """
     check_supported(train_cfg)
     if not seeds:
         return
     shapes = [kernel.shape for kernel, _ in initial[0]]
-    size = members_per_chunk(train_cfg, shapes, len(data.x_train), len(data.x_test))
+    fit = members_per_chunk(train_cfg, model_cfg, shapes, len(data.x_train), len(data.x_test))
+    chunks = -(-len(seeds) // min(fit, MAX_MEMBERS_PER_CHUNK))
+    size = -(-len(seeds) // chunks)
+    trainer = None
     for start in range(0, len(seeds), size):
-        chunk = _Chunk(train_cfg, model_cfg, data, initial[start : start + size])
-        yield from chunk.train(seeds[start : start + size])
+        members = initial[start : start + size]
+        if trainer is None or trainer.members != len(members):
+            trainer = _Trainer(train_cfg, model_cfg, data, shapes, len(members))
+        yield from trainer.train(seeds[start : start + size], members)
 
 
 def check_supported(train_cfg) -> None:
@@ -74,12 +105,17 @@ def check_supported(train_cfg) -> None:
 
 
 def bytes_per_member(
-    shapes: list[tuple[int, int]], n_train: int, n_test: int, batch_size: int, optimizer: str
+    shapes: list[tuple[int, int]],
+    n_train: int,
+    n_test: int,
+    batch_size: int,
+    optimizer: str,
+    member_ops: int = 0,
 ) -> int:
     """Estimated peak bytes one member adds to a chunk (float32 = 4 bytes):
 
     4 * [(4 + slots) * P + 6 * batch_size * U + 4 * n_test * U] + 36 * n_train
-      + G * matmuls + MEMBER_OVERHEAD_BYTES
+      + G * member_ops + MEMBER_OVERHEAD_BYTES
 
     P = weights and biases, slots = optimizer slot variables per weight, U = units in all
     layers. Weights, gradients, two update temporaries and the slots; a step's
@@ -87,28 +123,48 @@ def bytes_per_member(
     pass with its broadcast inputs and targets (4 * n_test * U). Per training sample, each
     epoch holds the int64 permutation, two int32 copies of it, and the inputs and targets
     gathered in that order, once whole and once cut into steps (8 + 8 + 16 + 4 bytes rounded
-    up). G * matmuls is the traced graph of member-by-member matmuls (only nets with two or
-    more hidden layers have any, see `_matmul`). Measured peak RSS grows by about 50 KB a
-    member for the notebook net, which this puts at 83 KB: the estimate errs on the safe side.
+    up). G * member_ops is the traced graph of ops that run member by member
+    (`member_ops_per_member`). Measured peak RSS grows by about 50 KB a member for the
+    notebook net, which this puts at 83 KB: the estimate errs on the safe side.
     """
     params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
     units = sum(fan_out for _, fan_out in shapes)
-    floats = (
-        (4 + OPTIMIZER_SLOTS[optimizer]) * params + 6 * batch_size * units + 4 * n_test * units
-    )
-    graph = GRAPH_BYTES_PER_MEMBER_MATMUL * _member_matmuls(shapes, n_train, n_test, batch_size)
+    floats = (4 + OPTIMIZER_SLOTS[optimizer]) * params + 6 * batch_size * units + 4 * n_test * units
+    graph = GRAPH_BYTES_PER_MEMBER_OP * member_ops
     return 4 * floats + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
 
 
-def members_per_chunk(train_cfg, shapes, n_train: int, n_test: int) -> int:
+def members_per_chunk(train_cfg, model_cfg, shapes, n_train: int, n_test: int) -> int:
     """How many members fit the memory budget (at least one)."""
+    member_ops = member_ops_per_member(model_cfg, shapes, n_train, n_test, train_cfg.batch_size)
     per_member = bytes_per_member(
-        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer
+        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer, member_ops
     )
     size = int(train_cfg.memory_budget_mb * 2**20 // per_member)
-    if matmuls := _member_matmuls(shapes, n_train, n_test, train_cfg.batch_size):
-        size = min(size, MAX_MEMBER_MATMULS_PER_GRAPH // matmuls)
+    if member_ops:
+        size = min(size, MAX_MEMBER_OPS_PER_GRAPH // member_ops)
     return max(1, size)
+
+
+def member_ops_per_member(model_cfg, shapes, n_train: int, n_test: int, batch_size: int) -> int:
+    """Ops each member adds to the graph because they must run member by member.
+
+    Per layer and batch shape, in training: 3 matmuls (forward and two gradients), or 8 ops
+    for a whole layer (matmul, bias and activation, their gradients); 1 or 3 for the test.
+    """
+    row_counts = [(batch_size, 3, 8), (n_train % batch_size, 3, 8), (n_test, 1, 3)]
+    count = 0
+    for layer, (fan_in, fan_out) in enumerate(shapes):
+        last = layer == len(shapes) - 1
+        name = model_cfg.output_activation if last else model_cfg.activation
+        for rows, matmul_ops, layer_ops in row_counts:
+            if rows == 0:
+                continue
+            if name not in POSITION_FREE_ACTIVATIONS:
+                count += layer_ops
+            elif not _batched_matmul_is_exact(rows, fan_in, fan_out):
+                count += matmul_ops
+    return count
 
 
 def _batched_matmul_is_exact(rows: int, fan_in: int, fan_out: int) -> bool:
@@ -116,15 +172,78 @@ def _batched_matmul_is_exact(rows: int, fan_in: int, fan_out: int) -> bool:
     return min(rows, fan_in, fan_out) == 1 or rows * fan_in * fan_out > MATMUL_PER_MATRIX_COST
 
 
-def _member_matmuls(shapes, n_train: int, n_test: int, batch_size: int) -> int:
-    """Matmuls per member that must run member by member: 3 per training batch shape, 1 test."""
-    rows = [(batch_size, 3), (n_train % batch_size, 3), (n_test, 1)]
-    return sum(
-        count
-        for fan_in, fan_out in shapes
-        for n, count in rows
-        if n > 0 and not _batched_matmul_is_exact(n, fan_in, fan_out)
-    )
+@cache
+def packet_size() -> int:
+    """Floats per SIMD packet in TensorFlow's CPU elementwise kernels (8 with AVX).
+
+    Found where rsqrt of a tensor's last element switches from its one-by-one result
+    (exactly 1 / sqrt) to its packet result, for a value whose two results differ.
+    """
+    with tf.init_scope():  # eager, even when first asked while tracing
+        for value in np.random.default_rng(0).uniform(0.5, 50.0, 64).astype(np.float32):
+            one_by_one = np.float32(1) / np.sqrt(value)
+            if tf.math.rsqrt(tf.fill([64], value))[-1].numpy() == one_by_one:
+                continue  # both paths agree on this value: it tells nothing
+            for size in (1, 2, 4, 8, 16, 32, 64):
+                if tf.math.rsqrt(tf.fill([size], value))[-1].numpy() != one_by_one:
+                    return size
+    return 1  # rsqrt rounds alike in both paths: no element needs the one-by-one result
+
+
+def rsqrt_as_keras(y: tf.Tensor) -> tf.Tensor:
+    """rsqrt of each member's block of stacked y [M, ...] as TensorFlow computes it on that
+    block alone: in packets, except the block's last size % packet elements, one by one."""
+    member_shape = y.shape[1:]
+    size, packet = int(np.prod(member_shape)), packet_size()
+    flat = tf.reshape(y, [-1])
+    padded = tf.pad(flat, [[0, -flat.shape[0] % packet]])  # every element in a whole packet
+    in_packets = tf.reshape(tf.math.rsqrt(padded)[: flat.shape[0]], tf.shape(y))
+    # DivNoNan is not rewritten into rsqrt; y > 0 here, so it is exactly 1 / sqrt(y).
+    one_by_one = tf.math.divide_no_nan(tf.ones_like(y), tf.sqrt(y))
+    tail = (np.arange(size) >= size // packet * packet).reshape(1, *member_shape)
+    return tf.where(tail, one_by_one, in_packets)
+
+
+class _Adagrad(keras.optimizers.Adagrad):
+    """Keras's Adagrad step, with its x / sqrt(y) as Keras's compiled graph computes it."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        accumulator = self._accumulators[self._get_variable_index(variable)]
+        self.assign_add(accumulator, ops.square(gradient))
+        denominator = ops.add(accumulator, self.epsilon)
+        # Grappler rewrites x / sqrt(y) to x * rsqrt(y) in Keras's train function.
+        self.assign_sub(
+            variable, ops.multiply(ops.multiply(lr, gradient), rsqrt_as_keras(denominator))
+        )
+
+
+class _RMSprop(keras.optimizers.RMSprop):
+    """Keras's RMSprop step (no momentum, not centered), x / sqrt(y) as in Keras's graph."""
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self.momentum > 0 or self.centered:
+            raise UnsupportedConfig("rmsprop with momentum or centered is not batched")
+        lr = ops.cast(learning_rate, variable.dtype)
+        gradient = ops.cast(gradient, variable.dtype)
+        velocity = self._velocities[self._get_variable_index(variable)]
+        rho = self.rho
+        self.assign(
+            velocity,
+            ops.add(ops.multiply(rho, velocity), ops.multiply(1 - rho, ops.square(gradient))),
+        )
+        denominator = ops.add(velocity, self.epsilon)
+        self.assign_sub(
+            variable, ops.multiply(ops.multiply(lr, gradient), rsqrt_as_keras(denominator))
+        )
+
+
+def make_optimizer(name: str, learning_rate: float):
+    """The configured Keras optimizer, with the same config; adagrad and rmsprop exact per member."""
+    keras_optimizer = network.optimizer(name, learning_rate)
+    exact = {"adagrad": _Adagrad, "rmsprop": _RMSprop}.get(name)
+    return exact.from_config(keras_optimizer.get_config()) if exact else keras_optimizer
 
 
 def _matmul(h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -136,29 +255,44 @@ def _matmul(h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     rows, fan_in, fan_out = h.shape[1], kernel.shape[1], kernel.shape[2]
     if _batched_matmul_is_exact(rows, fan_in, fan_out):
         return tf.matmul(h, kernel)
-    return tf.stack([tf.matmul(a, w) for a, w in zip(tf.unstack(h), tf.unstack(kernel))])
+    pairs = zip(tf.unstack(h), tf.unstack(kernel), strict=True)
+    return tf.stack([tf.matmul(a, w) for a, w in pairs])
 
 
-class _Chunk:
-    """Members trained together: stacked variables, one optimizer, one compiled epoch."""
+def _dense_per_member(name: str, members: list, kernel: tf.Tensor, bias: tf.Tensor) -> list:
+    """A Dense layer member by member, the ops Keras's Dense writes on one model's [rows, in]:
+    TensorFlow's graph optimizer then treats (fuses, rounds) them as it treats Keras's."""
+    activation = network.activation(name)
+    weights = zip(members, tf.unstack(kernel), tf.unstack(bias), strict=True)
+    return [activation(ops.add(ops.matmul(x, w), b)) for x, w, b in weights]  # as Dense.call
 
-    def __init__(self, train_cfg, model_cfg, data: Dataset, initial: list):
+
+class _Trainer:
+    """A chunk of members trained together: stacked variables, one optimizer, one traced epoch.
+
+    It trains chunk after chunk of the same size, each from its own initial weights and a
+    fresh optimizer state.
+    """
+
+    def __init__(self, train_cfg, model_cfg, data: Dataset, shapes, members: int):
         self.cfg = train_cfg
         self.data = data
-        self.members = len(initial)
+        self.members = members
         self.kernels = [
-            tf.Variable(np.stack([m[i][0] for m in initial]), name=f"kernel_{i}")
-            for i in range(len(initial[0]))
+            tf.Variable(tf.zeros([members, fan_in, fan_out]), name=f"kernel_{i}")
+            for i, (fan_in, fan_out) in enumerate(shapes)
         ]
         self.biases = [
-            tf.Variable(np.stack([m[i][1] for m in initial]), name=f"bias_{i}")
-            for i in range(len(initial[0]))
+            tf.Variable(tf.zeros([members, fan_out]), name=f"bias_{i}")
+            for i, (_, fan_out) in enumerate(shapes)
         ]
         self.variables = [v for pair in zip(self.kernels, self.biases, strict=True) for v in pair]
-        self.optimizer = network.optimizer(train_cfg.optimizer, train_cfg.learning_rate)
+        self.optimizer = make_optimizer(train_cfg.optimizer, train_cfg.learning_rate)
         self.optimizer.build(self.variables)
-        self.hidden_activation = network.activation(model_cfg.activation)
-        self.output_activation = network.activation(model_cfg.output_activation)
+        # Slots, step count and learning rate as built: restored before every chunk.
+        self.fresh_optimizer = [v.numpy() for v in self.optimizer.variables]
+        self.hidden_activation = model_cfg.activation
+        self.output_activation = model_cfg.output_activation
         self.loss_fn = keras.losses.get(network.loss(train_cfg.loss))
         self.x_train = tf.constant(data.x_train)
         self.y_train = tf.constant(data.y_train)
@@ -166,8 +300,13 @@ class _Chunk:
         self.y_test = tf.constant(data.y_test)
         self.run_epoch = tf.function(self._epoch)
 
-    def train(self, seeds: list[int]) -> list[MemberResult]:
+    def train(self, seeds: list[int], initial: list) -> list[MemberResult]:
         """Train every member for all epochs; members that diverge keep their own results."""
+        for layer, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
+            kernel.assign(np.stack([member[layer][0] for member in initial]))
+            bias.assign(np.stack([member[layer][1] for member in initial]))
+        for variable, value in zip(self.optimizer.variables, self.fresh_optimizer, strict=True):
+            variable.assign(value)
         epochs, n_train = self.cfg.epochs, len(self.data.x_train)
         # One Generator per member, drawn epoch by epoch: exactly batch_order(seed, n, epochs).
         generators = [np.random.default_rng(seed) for seed in seeds]
@@ -205,12 +344,24 @@ class _Chunk:
         return results
 
     def _forward(self, x: tf.Tensor) -> tf.Tensor:
-        """Dense layers as Keras computes them: matmul, add the bias, activation."""
+        """Dense layers as Keras computes them: matmul, add the bias, activation.
+
+        Layers with position-free activations run on stacked tensors, others member by
+        member (`_dense_per_member`); `members` holds the per-member tensors between them.
+        """
         last = len(self.kernels) - 1
+        members = None
         for index, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
-            x = tf.add(_matmul(x, kernel), bias[:, None, :])
-            x = (self.output_activation if index == last else self.hidden_activation)(x)
-        return x
+            name = self.output_activation if index == last else self.hidden_activation
+            if name in POSITION_FREE_ACTIVATIONS:
+                x = tf.stack(members) if members is not None else x
+                x = network.activation(name)(tf.add(_matmul(x, kernel), bias[:, None, :]))
+                members = None
+            else:
+                members = _dense_per_member(
+                    name, members if members is not None else tf.unstack(x), kernel, bias
+                )
+        return tf.stack(members) if members is not None else x
 
     def _member_losses(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         """Each member's mean loss over its batch, reduced as Keras's loss reduction does."""

@@ -1,0 +1,278 @@
+"""Engine benchmark: naive keras fit vs the batched engine vs bare MLflow logging.
+
+    .venv/bin/python benchmarks/bench_engines.py [--sizes 100 1000 10000] [--naive-runs 5]
+
+Every measurement runs the notebook network (1 -> 2 -> 1, relu, glorot_uniform, Adam 1e-3,
+MAE, 10 epochs, batch 25, 1,600 training samples: the default config) in its own child
+process, against a fresh SQLite store in a temporary directory:
+
+1. naive: the keras engine, one Model.fit per run, end to end (train, probe, log);
+2. batched: the batched engine end to end, at each size;
+3. bare logging: the same per-run payload (params, metrics with steps, tags, both
+   artifacts), built without training and logged through the same Tracker;
+4. the ratios, and peak memory.
+
+Timing starts when the job starts (run_job), after the child has imported TensorFlow and
+created the store and experiment, as a sweep does before its jobs. Peak memory is the
+child's peak resident set size (resource.getrusage ru_maxrss): everything the process held,
+TensorFlow included. --server-workers N adds bare logging through an `mlflow server` with N
+workers on a SQLite store, for comparison.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TARGET_NAIVE_RATIO = 50.0
+TARGET_LOGGING_RATIO = 0.8
+TARGET_PEAK_MIB = 2048
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10_000])
+    parser.add_argument("--naive-runs", type=int, default=5)
+    parser.add_argument("--bare-runs", type=int, default=1000, help="runs logged without training")
+    parser.add_argument("--log-workers", type=int, default=1, help="tracking.log_workers")
+    parser.add_argument("--server-workers", type=int, default=0, help="also log via a server")
+    parser.add_argument("--server-runs", type=int, default=300)
+    parser.add_argument("--measure", nargs=2, metavar=("KIND", "RUNS"), help=argparse.SUPPRESS)
+    parser.add_argument("--uri", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        kind, runs = args.measure[0], int(args.measure[1])
+        print(json.dumps(measure(kind, runs, args.log_workers, args.uri)))
+        return
+
+    started = datetime.now(timezone.utc)
+    print(header(started, args.log_workers), flush=True)
+    rows = [child("naive", args.naive_runs, args.log_workers)]
+    rows += [child("batched", size, args.log_workers) for size in args.sizes]
+    rows.append(child("bare", args.bare_runs, args.log_workers))
+    if args.server_workers:
+        rows.append(server_row(args.server_workers, args.server_runs, args.log_workers))
+    print(table(rows))
+    print(summary(rows))
+    print(f"finished in {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min")
+
+
+def header(started: datetime, log_workers: int) -> str:
+    import importlib.metadata as meta
+
+    versions = ", ".join(
+        f"{name} {meta.version(name)}" for name in ("tensorflow", "keras", "mlflow", "numpy")
+    )
+    return (
+        f"deadunits engine benchmark, {started:%Y-%m-%d %H:%M} UTC, {socket.gethostname()}\n"
+        f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, "
+        f"Python {platform.python_version()}, {versions}\n"
+        "notebook network 1 -> 2 -> 1 (relu hidden, linear output), glorot_uniform, Adam 1e-3, "
+        f"MAE, 10 epochs, batch 25, 1600 train samples; a fresh SQLite store per measurement; "
+        f"log_workers {log_workers}; peak memory = the measuring process's peak RSS (ru_maxrss)"
+    )
+
+
+def child(kind: str, runs: int, log_workers: int, uri: str | None = None) -> dict:
+    """Run one measurement in a fresh process, so its peak memory is its own."""
+    print(f"  measuring {kind} x {runs} ...", file=sys.stderr, flush=True)
+    command = [sys.executable, __file__, "--measure", kind, str(runs)]
+    command += ["--log-workers", str(log_workers)] + (["--uri", uri] if uri else [])
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "1"}
+    env.pop("MLFLOW_RUN_ID", None)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=PROJECT_ROOT)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} x {runs} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def measure(kind: str, runs: int, log_workers: int, uri: str | None) -> dict:
+    """One measurement, in this process: the job (or bare logging) timed end to end."""
+    with tempfile.TemporaryDirectory(prefix="deadunits-bench-") as tmp:
+        uri = uri or f"sqlite:///{tmp}/mlflow.db"
+        cfg = compose_config(uri, "keras" if kind == "naive" else "batched", runs, log_workers)
+        from pipeline.tracking import Tracker
+
+        tracker = Tracker(uri, cfg.tracking.experiment)  # the store and experiment, untimed
+        if kind == "bare":
+            seconds, counts = bare_logging(cfg, tracker)
+        else:
+            import pipeline.engines.batched  # noqa: F401  (import TensorFlow before timing)
+            from pipeline.job import run_job
+
+            start = time.perf_counter()
+            counts = run_job(cfg)
+            seconds = time.perf_counter() - start
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    label = {"naive": "naive: keras fit per run", "batched": "batched end to end"}
+    return {
+        "kind": kind,
+        "label": label.get(kind, "bare logging, no training"),
+        "runs": runs,
+        "finished": counts.get("finished", 0),
+        "seconds": seconds,
+        "runs_per_s": runs / seconds,
+        "peak_mib": peak_kib / 1024,
+    }
+
+
+def compose_config(uri: str, engine: str, runs: int, log_workers: int):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
+
+    overrides = [
+        f"tracking.uri={uri}",
+        f"train.engine={engine}",
+        f"tracking.log_workers={log_workers}",
+        "tracking.resume_checked=true",  # a fresh store: nothing to resume
+    ]
+    with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with open_dict(cfg):
+        cfg.seeds = list(range(runs))
+    return cfg
+
+
+def bare_logging(cfg, tracker) -> tuple[float, dict]:
+    """Log the payload a training run logs, built from untrained members: no training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.data import make_identity_data
+    from pipeline.engines import MemberResult
+    from pipeline.job import outcome_record, prepare_members
+    from pipeline.tracking import config_key, flatten
+
+    flat = flatten(cfg)
+    seeds = list(cfg.seeds)
+    data = make_identity_data(**cfg.data)
+    keys = {seed: config_key(flat, seed) for seed in seeds}
+    members = prepare_members(cfg, flat, tracker, data, seeds, keys)
+    losses = [0.25] * cfg.train.epochs
+    records = [
+        m.record.merged(
+            outcome_record(cfg, m, MemberResult(m.seed, m.weights, losses, losses), data)
+        )
+        for m in members
+    ]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=cfg.tracking.log_workers) as logger:
+        list(logger.map(tracker.log_complete, records))
+    return time.perf_counter() - start, {"finished": len(records)}
+
+
+def server_row(workers: int, runs: int, log_workers: int) -> dict:
+    """Bare logging through `mlflow server --workers N` on SQLite, client threads 2N."""
+    with tempfile.TemporaryDirectory(prefix="deadunits-bench-server-") as tmp:
+        port = free_port()
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                f"sqlite:///{tmp}/mlflow.db",
+                "--default-artifact-root",
+                Path(tmp, "artifacts").as_uri(),
+                "--no-serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its workers go with it when we stop it
+        )
+        try:
+            wait_for_server(port)
+            row = child("bare", runs, max(log_workers, 2 * workers), f"http://127.0.0.1:{port}")
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+    row["label"] = f"bare logging via server, {workers} workers, {2 * workers} threads"
+    row["kind"] = "server"
+    return row
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(port: int, timeout: float = 120) -> None:
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    raise SystemExit(f"mlflow server on port {port} did not start within {timeout:.0f} s")
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        f"{'measurement':<54} {'runs':>6} {'finished':>8} {'seconds':>8} {'runs/s':>8} "
+        f"{'peak RSS MiB':>12}"
+    ]
+    for row in rows:
+        lines.append(
+            f"{row['label']:<54} {row['runs']:>6} {row['finished']:>8} {row['seconds']:>8.1f} "
+            f"{row['runs_per_s']:>8.2f} {row['peak_mib']:>12.0f}"
+        )
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    naive = next(r for r in rows if r["kind"] == "naive")
+    bare = next(r for r in rows if r["kind"] == "bare")
+    batched = {r["runs"]: r for r in rows if r["kind"] == "batched"}
+    lines = ["", "ratios (batched end to end over):"]
+    for runs, row in batched.items():
+        lines.append(
+            f"  {runs:>6} runs: naive {row['runs_per_s'] / naive['runs_per_s']:7.1f}x, "
+            f"bare logging {row['runs_per_s'] / bare['runs_per_s']:5.2f}x"
+        )
+    lines.append("targets:")
+    if 1000 in batched:
+        ratio = batched[1000]["runs_per_s"] / naive["runs_per_s"]
+        lines.append(f"  >= {TARGET_NAIVE_RATIO:g}x naive at 1000 runs: {verdict(ratio >= 50)}")
+        ratio = batched[1000]["runs_per_s"] / bare["runs_per_s"]
+        lines.append(
+            f"  >= {TARGET_LOGGING_RATIO:g}x bare logging at 1000 runs: "
+            f"{verdict(ratio >= TARGET_LOGGING_RATIO)}"
+        )
+    if 10_000 in batched:
+        row = batched[10_000]
+        ok = row["finished"] == 10_000 and row["peak_mib"] < TARGET_PEAK_MIB
+        lines.append(
+            f"  10000 runs finished under {TARGET_PEAK_MIB} MiB peak RSS: {verdict(ok)} "
+            f"({row['finished']} finished, {row['peak_mib']:.0f} MiB)"
+        )
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "MISSED"
+
+
+if __name__ == "__main__":
+    main()
