@@ -25,9 +25,9 @@ from pipeline.store import check_store, resolve_tracking_uri
 from pipeline.tracking import (
     RunRecord,
     Tracker,
+    already_done,
     config_key,
     flatten,
-    is_alive_here,
     run_name,
     run_params,
     to_yaml,
@@ -90,19 +90,12 @@ def run_job(cfg) -> dict[str, int]:
 def select_unfinished(
     tracker: Tracker, keys: dict[int, str], force: bool, summary: JobSummary
 ) -> list[int]:
-    """Seeds still to run; runs a dead process left RUNNING are marked KILLED on the way."""
+    """Seeds still to run (see tracking.already_done)."""
     existing = tracker.runs_by_key(set(keys.values()))
     todo = []
     for seed, key in keys.items():
-        runs = existing.get(key, [])
-        for run in runs:
-            if run.info.status == "RUNNING" and not is_alive_here(run):
-                tracker.finish(run.info.run_id, "KILLED")
-                run.info._status = "KILLED"
-        if not force and any(run.info.status == "FINISHED" for run in runs):
+        if already_done(tracker, existing.get(key, []), force):
             summary.counts["skipped"] += 1
-        elif not force and any(run.info.status == "RUNNING" for run in runs):
-            summary.counts["skipped_running"] += 1  # a live process is on it
         else:
             todo.append(seed)
     return todo

@@ -33,10 +33,10 @@ from pipeline.tracking import (
     NOT_LOGGED,
     ROLE_TAG,
     Tracker,
+    already_done,
     config_key,
     flatten,
     git_commit,
-    is_alive_here,
     process_tags,
 )
 from pipeline.validate import ConfigError, validate
@@ -218,13 +218,7 @@ def select_todo(tracker: Tracker, cells: list[Cell], keys: dict[tuple[int, int],
     skipped = 0
     for cell in cells:
         for seed in cell.seeds:
-            runs = existing.get(keys[(id(cell), seed)], [])
-            for run in runs:
-                if run.info.status == "RUNNING" and not is_alive_here(run):
-                    tracker.finish(run.info.run_id, "KILLED")
-                    run.info._status = "KILLED"
-            statuses = {run.info.status for run in runs}
-            if not cell.cfg.force and statuses & {"FINISHED", "RUNNING"}:
+            if already_done(tracker, existing.get(keys[(id(cell), seed)], []), cell.cfg.force):
                 skipped += 1
             else:
                 cell.todo.append(seed)

@@ -313,6 +313,18 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         return again.experiment_id
 
 
+def already_done(tracker: Tracker, runs: list, force: bool) -> bool:
+    """Whether a config key needs no new run: it has one FINISHED, or RUNNING in a live process.
+
+    Runs a dead process left RUNNING are marked KILLED on the way (what resume requires).
+    """
+    for run in runs:
+        if run.info.status == "RUNNING" and not is_alive_here(run):
+            tracker.finish(run.info.run_id, "KILLED")
+            run.info._status = "KILLED"
+    return not force and any(run.info.status in ("FINISHED", "RUNNING") for run in runs)
+
+
 def is_alive_here(run) -> bool:
     """Whether a RUNNING run belongs to a live process on this host."""
     tags = run.data.tags
