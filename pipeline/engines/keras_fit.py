@@ -5,14 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import numpy as np
-import tensorflow as tf
 
 from pipeline import network
 from pipeline.data import Dataset, batch_order
 from pipeline.engines import MemberResult
-
-# Every run builds a new model, so Keras retraces its step function by design: not a problem.
-tf.get_logger().setLevel("ERROR")
 
 
 def train(
