@@ -11,7 +11,13 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
-from pipeline.store import PROJECT_ROOT, StoreUnavailable, check_store, resolve_tracking_uri
+from pipeline.store import (
+    PROJECT_ROOT,
+    StoreUnavailable,
+    check_store,
+    first_line,
+    resolve_tracking_uri,
+)
 from pipeline.validate import ConfigError, validate
 
 CONFIG_DIR = PROJECT_ROOT / "conf"
@@ -99,7 +105,7 @@ def describe_compose_error(error: Exception) -> str:
         return f"{group}: {value!r} is not one of {', '.join(options)}"
     if match := re.search(r"full_key: (\S+)", text):
         return f"{match.group(1)}: {text.strip().splitlines()[0]}"
-    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return first_line(error)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")

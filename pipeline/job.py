@@ -45,7 +45,6 @@ class Member:
     key: str
     weights: list
     record: RunRecord
-    run_id: str | None = None
 
 
 @dataclass

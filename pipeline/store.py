@@ -32,6 +32,12 @@ def sqlite_path(uri: str) -> Path | None:
     return None
 
 
+def first_line(error: BaseException) -> str:
+    """An exception's first line of text, or its type name when it has none."""
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
 class StoreUnavailable(RuntimeError):
     """The tracking store cannot be reached or written; str() is one line."""
 
@@ -88,9 +94,8 @@ def _check_database(uri: str, timeout_s: float) -> None:
         with engine.connect():
             pass
     except Exception as error:  # driver errors vary; all mean "cannot log here"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise StoreUnavailable(
-            f"tracking.uri: cannot connect to {redact_uri(uri)}: {reason}"
+            f"tracking.uri: cannot connect to {redact_uri(uri)}: {first_line(error)}"
         ) from None
 
 

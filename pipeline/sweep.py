@@ -28,7 +28,7 @@ from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
 import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
-from pipeline.store import StoreUnavailable, check_store, resolve_tracking_uri
+from pipeline.store import StoreUnavailable, check_store, first_line, resolve_tracking_uri
 from pipeline.tracking import (
     NOT_LOGGED,
     ROLE_TAG,
@@ -181,7 +181,7 @@ class GroupingSweeper(Sweeper):
                     else:
                         counts["crashed_jobs"] += 1
                         log.error(
-                            "job %s crashed: %s", " ".join(job), _first_line(result._return_value)
+                            "job %s crashed: %s", " ".join(job), first_line(result._return_value)
                         )
                     bar.update(runs_in(job))
         return counts
@@ -321,11 +321,6 @@ def loggable_overrides(arguments: list[str]) -> list[str]:
 
 def sweep_signature(keys: list[str]) -> str:
     return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
-
-
-def _first_line(error) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def print_summary(sweep: SweepRun, counts: Counter, total: int, seconds: float, uri: str) -> None:
