@@ -41,9 +41,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def check_tracking_uri(tracking_uri: str | None) -> str | None:
+    """The one-line error for a store that cannot be opened, as the pipeline gives it."""
+    from omegaconf import OmegaConf
+
+    from pipeline.store import PROJECT_ROOT, StoreUnavailable, check_store, resolve_tracking_uri
+
+    timeout_s = OmegaConf.load(PROJECT_ROOT / "conf" / "tracking" / "default.yaml").timeout_s
+    try:
+        check_store(resolve_tracking_uri(tracking_uri), timeout_s)
+    except StoreUnavailable as error:
+        return str(error)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = args.out if args.out is not None else Path("reports") / args.experiment
+    if problem := check_tracking_uri(args.tracking_uri):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     # Heavy imports (mlflow, pandas, matplotlib) only after the arguments are known good.
     from mlflow.exceptions import MlflowException
 

@@ -1,12 +1,14 @@
 """deadunits pipeline: config -> network -> dead-unit probe -> training -> MLflow.
 
-Importing this package is cheap: TensorFlow is imported only by the engines.
+Importing this package is cheap: TensorFlow is imported only by the engines, through
+`pipeline.numerics`, which fixes its environment here, before anything can import it.
 """
 
 import os
 
-# TensorFlow's C++ start-up chatter (CUDA probes, CPU features) is noise for a CPU sweep.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline import numerics
+
+numerics.set_environment()
 
 # MLflow's telemetry thread calls out to the internet (unreachable here) and, when that fails,
 # deletes an environment variable while other threads read the environment: a KeyError race

@@ -11,6 +11,8 @@ from functools import cache
 
 import numpy as np
 
+from pipeline.numerics import import_tensorflow
+
 KERAS_INITIALIZERS = (
     "glorot_uniform",
     "glorot_normal",
@@ -78,7 +80,7 @@ def _keras(name: str, shapes, seeds: list[int]) -> list[list[np.ndarray]]:
     function over all seeds: each layer's initializer is the genuine Keras one, fed its
     integer seed as a tensor, which goes through the same stateless random ops.
     """
-    import tensorflow as tf
+    tf, _ = import_tensorflow()
 
     draw = _keras_drawer(name, tuple(shapes))
     layer_seeds = np.array([keras_layer_seeds(seed, len(shapes)) for seed in seeds], np.int64)
@@ -88,8 +90,7 @@ def _keras(name: str, shapes, seeds: list[int]) -> list[list[np.ndarray]]:
 
 @cache
 def _keras_drawer(name: str, shapes: tuple[tuple[int, int], ...]):
-    import keras
-    import tensorflow as tf
+    tf, keras = import_tensorflow()
 
     state = random.getstate()  # creating an unseeded initializer draws from Python's random
     initializer_class = type(keras.initializers.get(name))
@@ -112,8 +113,7 @@ def _keras_drawer(name: str, shapes: tuple[tuple[int, int], ...]):
 
 @cache
 def _tensor_seed_class():
-    import keras
-    import tensorflow as tf
+    tf, keras = import_tensorflow()
 
     class TensorSeed(keras.random.SeedGenerator):
         """An integer seed held in a tensor: Keras draws from [seed, 0] as for a Python int."""
@@ -128,7 +128,7 @@ def _tensor_seed_class():
 
 
 def _legacy_tf2(shapes, seed: int) -> list[np.ndarray]:
-    import tensorflow as tf
+    tf, _ = import_tensorflow()
 
     tf.random.set_seed(seed)
     kernels = []

@@ -20,6 +20,7 @@ from pipeline import forward
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
 from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
+from pipeline.numerics import numerics_tags
 from pipeline.probe import ProbeResult, probe
 from pipeline.store import check_store, resolve_tracking_uri
 from pipeline.tracking import (
@@ -109,13 +110,13 @@ def prepare_members(
     )
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)
     at_init = probe_members(cfg, weights, data)
+    common_tags = {**tracker.base_tags(), **numerics_tags(), "engine": cfg.train.engine}
     members = []
     for index, seed in enumerate(seeds):
         init_metrics = at_init.metrics(index, "init")
         tags = {
-            **tracker.base_tags(),
+            **common_tags,
             "config_key": keys[seed],
-            "engine": cfg.train.engine,
             "dead_at_init": "true" if init_metrics["dead_units_init"] > 0 else "false",
             "diverged": "false",
         }

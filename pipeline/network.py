@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import keras
-import tensorflow as tf
+from pipeline.numerics import import_tensorflow
+
+_, keras = import_tensorflow()
 
 KERAS_ACTIVATION = {"swish": "silu"}
-
-# Both engines trace a new program per model or per cell shape: TensorFlow's retracing
-# warning is expected here, and would bury the sweep's progress bar.
-tf.get_logger().setLevel("ERROR")
 
 
 def activation(name: str):

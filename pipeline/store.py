@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,30 +44,66 @@ class StoreUnavailable(RuntimeError):
     """The tracking store cannot be reached or written; str() is one line."""
 
 
+# Tracking URI schemes deadunits logs to; MLflow knows a few more (Databricks) we do not test.
+SUPPORTED_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+
+
+def uri_scheme(uri: str) -> str:
+    """The URI's scheme without its driver: postgresql+psycopg2://... -> postgresql."""
+    return uri.partition("://")[0].partition("+")[0].lower() if "://" in uri else ""
+
+
 def check_store(uri: str, timeout_s: float) -> None:
-    """Fail fast, before any training, when runs could not be logged to `uri`."""
+    """Fail fast, before any training, when runs could not be logged to `uri`.
+
+    Reads only: nothing is created or changed on disk, whatever the answer.
+    """
+    scheme = uri_scheme(uri)
+    if scheme not in SUPPORTED_SCHEMES:
+        raise StoreUnavailable(
+            f"tracking.uri: unsupported scheme {scheme or '(none)'!r} in {redact_uri(uri)}; "
+            f"expected one of {', '.join(SUPPORTED_SCHEMES)}"
+        )
     if db := sqlite_path(uri):
         _check_writable_dir(db.parent, uri)
-        if db.exists() and not os.access(db, os.W_OK):
-            raise StoreUnavailable(f"tracking.uri: the SQLite store {db} is not writable")
-    elif uri.startswith(("http://", "https://")):
+        _check_sqlite_file(db)
+    elif scheme in ("http", "https"):
         _check_server(uri, timeout_s)
-    elif uri.startswith(("postgresql", "mysql", "mssql")):
-        _check_database(uri, timeout_s)
-    elif uri.startswith("file:"):
+    elif scheme == "file":
         _check_writable_dir(Path(uri[len("file://") :]), uri)
+    else:
+        _check_database(uri, timeout_s)
 
 
 def _check_writable_dir(directory: Path, uri: str) -> None:
-    probe = directory / f".deadunits-write-check-{os.getpid()}"
-    try:
-        probe.touch()
-        probe.unlink()
-    except OSError as error:
+    if not directory.is_dir():
+        reason = "is not a directory" if directory.exists() else "does not exist"
+        raise StoreUnavailable(f"tracking.uri: cannot write a store at {uri}: {directory} {reason}")
+    if not os.access(directory, os.W_OK | os.X_OK):
         raise StoreUnavailable(
-            f"tracking.uri: cannot write a store at {uri} ({error.strerror}); "
-            "the directory must exist and be writable"
+            f"tracking.uri: cannot write a store at {uri}: the directory {directory} "
+            "is not writable (permissions or a read-only file system)"
+        )
+
+
+def _check_sqlite_file(db: Path) -> None:
+    """An existing file must be an MLflow store we can write; it is opened read-only."""
+    if not db.exists():
+        return
+    if not db.is_file() or not os.access(db, os.R_OK | os.W_OK):
+        raise StoreUnavailable(f"tracking.uri: the SQLite store {db} is not a writable file")
+    try:
+        with closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.Error as error:
+        raise StoreUnavailable(
+            f"tracking.uri: {db} is not an SQLite database ({first_line(error)})"
         ) from None
+    if tables and "alembic_version" not in tables:
+        raise StoreUnavailable(
+            f"tracking.uri: {db} is an SQLite database but not an MLflow tracking store; "
+            "choose a new file or an existing MLflow store"
+        )
 
 
 def _check_server(uri: str, timeout_s: float) -> None:

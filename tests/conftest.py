@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+import pipeline  # noqa: F401  (first: it decides TensorFlow's environment for every test)
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -19,9 +21,13 @@ def store(tmp_path) -> str:
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
-    """Run `python -m pipeline ARGS` and return the CompletedProcess (text output)."""
-    full_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})}
-    full_env.pop("MLFLOW_RUN_ID", None)
+    """Run `python -m pipeline ARGS` and return the CompletedProcess (text output).
+
+    `env` adds variables to this process's environment; a value of None removes one.
+    """
+    full_env = {**os.environ, **(env or {})}
+    for name in [k for k, v in full_env.items() if v is None] + ["MLFLOW_RUN_ID"]:
+        full_env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "pipeline", *args],
         cwd=cwd or PROJECT_ROOT,

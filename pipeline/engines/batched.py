@@ -40,14 +40,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from functools import cache
 
-import keras
 import numpy as np
-import tensorflow as tf
-from keras import ops
 
-from pipeline import network
+from pipeline import network, numerics
 from pipeline.data import Dataset
 from pipeline.engines import MemberResult
+
+tf, keras = numerics.import_tensorflow()
+ops = keras.ops
 
 # Optimizer slot variables per weight. Only elementwise optimizers can be batched exactly.
 OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "rmsprop": 1, "adam": 2}
@@ -81,6 +81,7 @@ def train(
     them all.
     """
     check_supported(train_cfg)
+    numerics.check_exact_engines()
     if not seeds:
         return
     shapes = [kernel.shape for kernel, _ in initial[0]]
