@@ -132,13 +132,13 @@ def compose_config(uri: str, engine: str, runs: int, log_workers: int):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
+    import pipeline.config  # noqa: F401  (registers ${repeat:...})
 
     overrides = [
         f"tracking.uri={uri}",
         f"train.engine={engine}",
         f"tracking.log_workers={log_workers}",
-        "tracking.resume_checked=true",  # a fresh store: nothing to resume
+        "tracking.sweep_id=bench",  # a fresh store: a job of a sweep, nothing to resume
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -154,9 +154,10 @@ def bare_logging(cfg, tracker) -> tuple[float, dict]:
     from pipeline.data import make_identity_data
     from pipeline.engines import MemberResult
     from pipeline.job import outcome_record, prepare_members
-    from pipeline.tracking import config_key, flatten
+    from pipeline.schema import config_key
+    from pipeline.tracking import flat_config
 
-    flat = flatten(cfg)
+    flat = flat_config(cfg)
     seeds = list(cfg.seeds)
     data = make_identity_data(**cfg.data)
     keys = {seed: config_key(flat, seed) for seed in seeds}

@@ -1,10 +1,16 @@
-"""Numpy forward pass shared by the probe and the final-loss evaluation."""
+"""Numpy forward pass shared by the probe and the final-loss evaluation, and the registry
+of activations: the one place an activation is declared (the Keras engines, the probe,
+validation and the analysis all read it)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from math import sqrt
 
 import numpy as np
+
+from pipeline.choices import LOSSES
 
 
 def sigmoid(z):
@@ -22,20 +28,30 @@ SELU_SCALE = 1.0507009873554805
 LEAKY_SLOPE = 0.2  # keras.activations.leaky_relu's default negative_slope
 
 
-# Forward functions matching keras.activations (Keras 3 defaults).
-FORWARD = {
-    "relu": lambda z: np.maximum(z, 0.0),
-    "leaky_relu": lambda z: np.where(z > 0, z, LEAKY_SLOPE * z),
-    "elu": lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))),
-    "selu": lambda z: SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0.0))),
-    "gelu": lambda z: _gelu(z),
-    "swish": lambda z: z * sigmoid(z),
-    "softplus": lambda z: np.logaddexp(0.0, z),
-    "tanh": np.tanh,
-    "sigmoid": sigmoid,
-    "linear": lambda z: z,
+@dataclass(frozen=True)
+class Activation:
+    forward: Callable[[np.ndarray], np.ndarray]  # as keras.activations computes it
+    keras_name: str
+    can_die: bool = False  # derivative exactly 0 on a half-line: a unit can be dead
+    derivative: Callable[[np.ndarray], np.ndarray] | None = None  # set: it can saturate
+
+
+ACTIVATIONS = {
+    "relu": Activation(lambda z: np.maximum(z, 0.0), "relu", can_die=True),
+    "leaky_relu": Activation(lambda z: np.where(z > 0, z, LEAKY_SLOPE * z), "leaky_relu"),
+    "elu": Activation(lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0.0))), "elu"),
+    "selu": Activation(
+        lambda z: SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0.0))),
+        "selu",
+    ),
+    "gelu": Activation(lambda z: _gelu(z), "gelu"),
+    "swish": Activation(lambda z: z * sigmoid(z), "silu"),
+    "softplus": Activation(lambda z: np.logaddexp(0.0, z), "softplus"),
+    "tanh": Activation(np.tanh, "tanh", derivative=lambda z: 1.0 - np.tanh(z) ** 2),
+    "sigmoid": Activation(sigmoid, "sigmoid", derivative=lambda z: sigmoid(z) * (1 - sigmoid(z))),
+    "linear": Activation(lambda z: z, "linear"),
 }
-ACTIVATIONS = tuple(FORWARD)
+SATURATING = tuple(name for name, a in ACTIVATIONS.items() if a.derivative is not None)
 
 
 def layer_outputs(weights, x: np.ndarray, activation: str) -> list[np.ndarray]:
@@ -46,22 +62,15 @@ def layer_outputs(weights, x: np.ndarray, activation: str) -> list[np.ndarray]:
         z = np.einsum("mni,mio->mno", h, kernel.astype(np.float32)) + bias[:, None, :]
         outputs.append(z)
         if index < len(weights) - 1:
-            h = FORWARD[activation](z)
+            h = ACTIVATIONS[activation].forward(z)
     return outputs
 
 
 def predict(weights, x: np.ndarray, activation: str, output_activation: str) -> np.ndarray:
-    return FORWARD[output_activation](layer_outputs(weights, x, activation)[-1])
+    return ACTIVATIONS[output_activation].forward(layer_outputs(weights, x, activation)[-1])
 
 
 def loss(name: str, prediction: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Per-member mean loss, as Keras defines mae, mse and huber (delta 1)."""
-    error = prediction - y[None, :, :]
-    if name == "mae":
-        per_sample = np.abs(error)
-    elif name == "mse":
-        per_sample = error**2
-    else:
-        small = np.abs(error) <= 1.0
-        per_sample = np.where(small, 0.5 * error**2, np.abs(error) - 0.5)
+    per_sample = LOSSES[name].per_sample(prediction - y[None, :, :])
     return per_sample.reshape(len(per_sample), -1).mean(axis=1)

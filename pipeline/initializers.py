@@ -11,21 +11,16 @@ from functools import cache
 
 import numpy as np
 
+from pipeline.config import group_options
 from pipeline.numerics import import_tensorflow
 
-KERAS_INITIALIZERS = (
-    "glorot_uniform",
-    "glorot_normal",
-    "he_uniform",
-    "he_normal",
-    "lecun_uniform",
-    "lecun_normal",
-    "random_uniform",
-    "random_normal",
-    "truncated_normal",
-    "orthogonal",
-)
-INITIALIZERS = (*KERAS_INITIALIZERS, "legacy_tf2", "rai")
+# The initializers are the files of the `init` config group; all but these two are Keras's
+# built-ins of the same name.
+LEGACY_TF2, RAI = "legacy_tf2", "rai"
+KERAS_INITIALIZERS = tuple(n for n in group_options("init") if n not in (LEGACY_TF2, RAI))
+# Zero-mean and sign-symmetric: a bias-free ReLU unit on one-sign inputs is dead with
+# probability 1/2. RAI is asymmetric by design.
+SYMMETRIC_INITIALIZERS = (*KERAS_INITIALIZERS, LEGACY_TF2)
 
 Weights = list[
     tuple[np.ndarray, np.ndarray]
@@ -49,10 +44,10 @@ def initial_weights_for_seeds(
 ) -> list[Weights]:
     """Draw every layer's kernel and bias for each seed: the same as one seed at a time."""
     name = init_cfg["name"]
-    if name == "rai":
+    if name == RAI:
         args = (init_cfg["beta_a"], init_cfg["beta_b"], init_cfg["std"])
         return [_rai(shapes, seed, *args) for seed in seeds]
-    if name == "legacy_tf2":
+    if name == LEGACY_TF2:
         per_seed = [_legacy_tf2(shapes, seed) for seed in seeds]
     else:
         per_seed = _keras(name, shapes, seeds)
@@ -157,7 +152,3 @@ def stack(members: list[Weights]) -> Weights:
         (np.stack([m[i][0] for m in members]), np.stack([m[i][1] for m in members]))
         for i in range(len(members[0]))
     ]
-
-
-def unstack(stacked: Weights, member: int) -> Weights:
-    return [(k[member], b[member]) for k, b in stacked]

@@ -1,4 +1,6 @@
-"""One Hydra job: validate, skip what is done, train its member seeds, log each as a run.
+"""One Hydra job: skip what is done, train its member seeds, log each as a run.
+
+Its command checked the config and the store before it started (`pipeline.preflight`).
 
 A job trains one seed (train.engine=keras) or a group of seeds that differ in nothing
 else (train.engine=batched, grouped by the sweeper). Every member becomes its own MLflow
@@ -16,24 +18,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline import forward
+from pipeline import forward, schema
+from pipeline.config import seeds_of
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
 from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.numerics import numerics_tags
 from pipeline.probe import ProbeResult, probe
-from pipeline.store import check_store, resolve_tracking_uri
-from pipeline.tracking import (
-    RunRecord,
-    Tracker,
-    already_done,
-    config_key,
-    flatten,
-    run_name,
-    run_params,
-    to_yaml,
-)
-from pipeline.validate import validate
+from pipeline.store import resolve_tracking_uri
+from pipeline.tracking import RunRecord, Tracker, flat_config, to_yaml
 
 log = logging.getLogger("deadunits")
 
@@ -57,24 +50,23 @@ class JobSummary:
 
 
 def run_job(cfg) -> dict[str, int]:
-    """Everything a job does, in order; checks come before any training or logging."""
-    validate(cfg)
-    uri = resolve_tracking_uri(cfg.tracking.uri)
-    check_store(uri, cfg.tracking.timeout_s)
-
-    seeds = list(cfg.seeds) if cfg.get("seeds") else [int(cfg.seed)]
-    flat = flatten(cfg)
+    """Everything a job does, in order; counts of its runs by outcome."""
+    flat = flat_config(cfg)
     tracker = Tracker(
-        uri, cfg.tracking.experiment, cfg.tracking.parent_run_id, cfg.tracking.sweep_id
+        resolve_tracking_uri(cfg.tracking.uri),
+        cfg.tracking.experiment,
+        cfg.tracking.parent_run_id,
+        cfg.tracking.sweep_id,
     )
     if tracker.parent_run_id is None:
         tracker.parent_run_id = tracker.outer_run_id()
     summary = JobSummary()
-    keys = {seed: config_key(flat, seed) for seed in seeds}
-    if cfg.tracking.resume_checked:
-        todo = seeds
-    else:
-        todo = select_unfinished(tracker, keys, force=cfg.force, summary=summary)
+    keys = {seed: schema.config_key(flat, seed) for seed in seeds_of(cfg)}
+    todo = list(keys)
+    if cfg.tracking.sweep_id is None:  # a sweep's jobs run what their sweeper planned
+        done = tracker.done_keys(set(keys.values()), force=cfg.force)
+        todo = [seed for seed, key in keys.items() if key not in done]
+        summary.counts["skipped"] += len(keys) - len(todo)
     if not todo:
         return summary.as_dict()
 
@@ -87,20 +79,6 @@ def run_job(cfg) -> dict[str, int]:
     return summary.as_dict()
 
 
-def select_unfinished(
-    tracker: Tracker, keys: dict[int, str], force: bool, summary: JobSummary
-) -> list[int]:
-    """Seeds still to run (see tracking.already_done)."""
-    existing = tracker.runs_by_key(set(keys.values()))
-    todo = []
-    for seed, key in keys.items():
-        if already_done(tracker, existing.get(key, []), force):
-            summary.counts["skipped"] += 1
-        else:
-            todo.append(seed)
-    return todo
-
-
 def prepare_members(
     cfg, flat, tracker: Tracker, data: Dataset, seeds: list[int], keys
 ) -> list[Member]:
@@ -110,18 +88,23 @@ def prepare_members(
     )
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)
     at_init = probe_members(cfg, weights, data)
-    common_tags = {**tracker.base_tags(), **numerics_tags(), "engine": cfg.train.engine}
+    common_tags = {
+        **tracker.base_tags(),
+        **numerics_tags(),
+        schema.TAG_ENGINE: cfg.train.engine,
+        schema.TAG_DIVERGED: "false",
+    }
     members = []
     for index, seed in enumerate(seeds):
         init_metrics = at_init.metrics(index, "init")
+        dead = init_metrics[schema.dead_units("init")] > 0
         tags = {
             **common_tags,
-            "config_key": keys[seed],
-            "dead_at_init": "true" if init_metrics["dead_units_init"] > 0 else "false",
-            "diverged": "false",
+            schema.TAG_CONFIG_KEY: keys[seed],
+            schema.TAG_DEAD_AT_INIT: str(dead).lower(),
         }
-        record = RunRecord(run_name(flat, seed), run_params(flat, seed), tags)
-        record.add_metrics({**init_metrics, "hidden_units": at_init.hidden_units})
+        record = RunRecord(schema.run_name(flat, seed), schema.run_params(flat, seed), tags)
+        record.add_metrics({**init_metrics, schema.HIDDEN_UNITS: at_init.hidden_units})
         record.artifacts = {
             "config.yaml": to_yaml(
                 flat_to_nested({**{k: flat[k] for k in record.params}, "seed": seed})
@@ -145,10 +128,11 @@ def probe_members(cfg, weights: list, data: Dataset) -> ProbeResult:
 def outcome_record(cfg, member: Member, result: MemberResult, data: Dataset) -> RunRecord:
     """What training added to a member's run: losses, the probe at the end, the status."""
     record = RunRecord(member.record.name, {}, {})
-    record.add_series("train_loss", result.train_loss)
-    record.add_series("test_loss", result.test_loss)
+    record.add_series(schema.TRAIN_LOSS, result.train_loss)
+    record.add_series(schema.TEST_LOSS, result.test_loss)
     if result.diverged_epoch is not None:
-        record.tags.update(diverged="true", diverged_epoch=str(result.diverged_epoch))
+        record.tags[schema.TAG_DIVERGED] = "true"
+        record.tags[schema.TAG_DIVERGED_EPOCH] = str(result.diverged_epoch)
         record.status = "FAILED"
         return record
     final = stack([result.final_weights])
@@ -157,7 +141,8 @@ def outcome_record(cfg, member: Member, result: MemberResult, data: Dataset) -> 
     record.add_metrics(at_end.metrics(0, "final"))
     for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
         prediction = forward.predict(final, x, act, out_act)
-        record.add_metrics({f"final_{split}_loss": forward.loss(cfg.train.loss, prediction, y)[0]})
+        name = schema.FINAL_TRAIN_LOSS if split == "train" else schema.FINAL_TEST_LOSS
+        record.add_metrics({name: forward.loss(cfg.train.loss, prediction, y)[0]})
     return record
 
 
@@ -177,7 +162,7 @@ def train_live(
             raise
         except Exception as error:  # one failing run must not stop the sweep
             log.exception("run %s failed", member.record.name)
-            outcome.tags["error"] = _one_line(error)
+            outcome.tags[schema.TAG_ERROR] = _one_line(error)
         finally:
             tracker.log(run_id, outcome)
             tracker.finish(run_id, outcome.status)
@@ -209,7 +194,7 @@ def train_batched(
             log.exception("batched training failed")
             for member in waiting.values():
                 failed = RunRecord(
-                    member.record.name, {}, {"error": _one_line(error)}, status="FAILED"
+                    member.record.name, {}, {schema.TAG_ERROR: _one_line(error)}, status="FAILED"
                 )
                 submit(member.record.merged(failed))
         finally:
@@ -218,9 +203,7 @@ def train_batched(
 
 
 def _outcome(tags: dict[str, str], status: str) -> str:
-    if tags.get("diverged") == "true":
-        return "diverged"
-    return {"FINISHED": "finished", "KILLED": "killed"}.get(status, "failed")
+    return schema.outcome(status, tags.get(schema.TAG_DIVERGED) == "true")
 
 
 def _one_line(error: BaseException) -> str:

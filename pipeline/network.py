@@ -2,29 +2,23 @@
 
 from __future__ import annotations
 
+from pipeline.choices import LOSSES, OPTIMIZERS
+from pipeline.forward import ACTIVATIONS
 from pipeline.numerics import import_tensorflow
 
 _, keras = import_tensorflow()
 
-KERAS_ACTIVATION = {"swish": "silu"}
-
 
 def activation(name: str):
-    return keras.activations.get(KERAS_ACTIVATION.get(name, name))
+    return keras.activations.get(ACTIVATIONS[name].keras_name)
 
 
 def optimizer(name: str, learning_rate: float):
-    classes = {
-        "adam": keras.optimizers.Adam,
-        "sgd": keras.optimizers.SGD,
-        "rmsprop": keras.optimizers.RMSprop,
-        "adagrad": keras.optimizers.Adagrad,
-    }
-    return classes[name](learning_rate=learning_rate)
+    return getattr(keras.optimizers, OPTIMIZERS[name].keras_class)(learning_rate=learning_rate)
 
 
-def loss(name: str):
-    return {"mae": "mean_absolute_error", "mse": "mean_squared_error", "huber": "huber"}[name]
+def loss(name: str) -> str:
+    return LOSSES[name].keras_name
 
 
 def build_model(weights, hidden_activation: str, output_activation: str) -> keras.Sequential:

@@ -1,4 +1,4 @@
-"""The dead-unit probe: a plain forward pass over the training inputs (DESIGN.md section 2).
+"""The dead-unit probe: a plain forward pass over the training inputs.
 
 A hidden unit is dead when its activation's derivative is zero at its pre-activation
 for every input; only ReLU units can be dead. tanh and sigmoid units can only be
@@ -13,17 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.forward import layer_outputs, sigmoid
-
-CAN_DIE = ("relu",)
-CAN_SATURATE = ("tanh", "sigmoid")
-
-
-def _derivative(name: str, z: np.ndarray) -> np.ndarray:
-    if name == "tanh":
-        return 1.0 - np.tanh(z) ** 2
-    s = sigmoid(z)
-    return s * (1.0 - s)
+from pipeline import schema
+from pipeline.forward import ACTIVATIONS, layer_outputs
 
 
 @dataclass(frozen=True)
@@ -56,14 +47,14 @@ class ProbeResult:
         """The logged metrics for one member at one stage ('init' or 'final')."""
         dead = float(self.dead_units()[member])
         out = {
-            f"dead_units_{stage}": dead,
-            f"dead_fraction_{stage}": dead / self.hidden_units,
-            f"saturated_units_{stage}": float(self.saturated_units()[member]),
-            f"output_dead_{stage}": float(self.output_dead[member]),
-            f"collapsed_{stage}": float(self.collapsed()[member]),
+            schema.dead_units(stage): dead,
+            schema.dead_fraction(stage): dead / self.hidden_units,
+            schema.saturated_units(stage): float(self.saturated_units()[member]),
+            schema.output_dead(stage): float(self.output_dead[member]),
+            schema.collapsed(stage): float(self.collapsed()[member]),
         }
         for layer, mask in enumerate(self.dead, start=1):
-            out[f"dead_units_{stage}/layer_{layer}"] = float(mask[member].sum())
+            out[schema.layer_dead_units(stage, layer)] = float(mask[member].sum())
         return out
 
 
@@ -85,12 +76,12 @@ def probe(
 
 
 def _dead(name: str, z: np.ndarray) -> np.ndarray:
-    if name in CAN_DIE:
+    if ACTIVATIONS[name].can_die:
         return (z <= 0.0).all(axis=1)  # Keras's ReLU gradient at exactly 0 is 0
     return np.zeros(z.shape[::2], dtype=bool)
 
 
 def _saturated(name: str, z: np.ndarray, tol: float) -> np.ndarray:
-    if name in CAN_SATURATE:
-        return (_derivative(name, z) < tol).all(axis=1)
+    if (derivative := ACTIVATIONS[name].derivative) is not None:
+        return (derivative(z) < tol).all(axis=1)
     return np.zeros(z.shape[::2], dtype=bool)

@@ -27,23 +27,13 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
-import pipeline.resolvers  # noqa: F401  (registers ${repeat:...})
-from pipeline.store import StoreUnavailable, check_store, first_line, resolve_tracking_uri
-from pipeline.tracking import (
-    NOT_LOGGED,
-    ROLE_TAG,
-    Tracker,
-    already_done,
-    config_key,
-    flatten,
-    git_commit,
-    process_tags,
-)
-from pipeline.validate import ConfigError, validate
+from pipeline import schema
+from pipeline.preflight import describe_compose_error, fail, preflight_sweep
+from pipeline.store import first_line
+from pipeline.tracking import Tracker, flat_config, git_commit, process_tags
 
 log = logging.getLogger("deadunits")
 MAX_PARAM_LENGTH = 6000
-SIGNATURE_TAG = "deadunits.sweep_signature"
 
 
 @dataclass
@@ -72,7 +62,7 @@ def split_seed(job: list[str]) -> tuple[list[str], int | None]:
 
 
 def plan_cells(jobs: list[list[str]], compose) -> list[Cell]:
-    """Group the cartesian product into cells and validate each cell's config."""
+    """Group the cartesian product into cells, each with its composed config."""
     grouped: dict[tuple[str, ...], list] = {}
     for job in jobs:
         rest, seed = split_seed(job)
@@ -83,7 +73,6 @@ def plan_cells(jobs: list[list[str]], compose) -> list[Cell]:
         seeds = [cfg.seed if s is None else s for s in seeds]
         with open_dict(cfg):
             cfg.seeds = seeds
-        validate(cfg)
         cells.append(Cell(list(rest), cfg, seeds))
     return cells
 
@@ -110,8 +99,6 @@ class GroupingSweeper(Sweeper):
         return cfg
 
     def sweep(self, arguments: list[str]) -> Any:
-        from pipeline.cli import describe_compose_error, fail
-
         params = [f"{k}={v}" for k, v in self.params.items()] + list(arguments)
         parsed = OverridesParser.create(
             config_loader=self.hydra_context.config_loader
@@ -119,17 +106,10 @@ class GroupingSweeper(Sweeper):
         jobs = BasicSweeper.split_arguments(parsed, None)[0]
         try:
             cells = plan_cells(jobs, self._compose)
-            tracking = cells[0].cfg.tracking
-            if any(c.cfg.tracking != tracking for c in cells):
-                raise ConfigError(
-                    "tracking", "the tracking store and experiment cannot vary within one sweep"
-                )
-            uri = resolve_tracking_uri(tracking.uri)
-            check_store(uri, tracking.timeout_s)
-        except (ConfigError, StoreUnavailable) as error:
-            fail(str(error))
         except Exception as error:  # Hydra composition errors
             fail(describe_compose_error(error))
+        uri = preflight_sweep([cell.cfg for cell in cells])
+        tracking = cells[0].cfg.tracking
 
         tracker = Tracker(uri, tracking.experiment)
         keys = run_keys(cells)
@@ -159,8 +139,9 @@ class GroupingSweeper(Sweeper):
             )
             raise SystemExit(130) from None
         finally:
-            sweep.close(status, counts, total)
-            print_summary(sweep, counts, total, time.time() - started, uri)
+            totals = sweep_totals(tracker, set(keys.values()))
+            sweep.close(status, totals, counts)
+            print_summary(sweep, totals, counts, time.time() - started, uri)
         return []
 
     def _launch(self, jobs: list[list[str]], total_runs: int) -> Counter:
@@ -206,19 +187,19 @@ def run_keys(cells: list[Cell]) -> dict[tuple[int, int], str]:
     """The config key of every planned run, by (cell, seed)."""
     keys = {}
     for cell in cells:
-        flat = flatten(cell.cfg)
+        flat = flat_config(cell.cfg)
         for seed in cell.seeds:
-            keys[(id(cell), seed)] = config_key(flat, seed)
+            keys[(id(cell), seed)] = schema.config_key(flat, seed)
     return keys
 
 
 def select_todo(tracker: Tracker, cells: list[Cell], keys: dict[tuple[int, int], str]) -> int:
-    """Fill each cell's todo seeds; returns how many runs are skipped as FINISHED."""
-    existing = tracker.runs_by_key(set(keys.values()))
+    """Fill each cell's todo seeds (the resume rule: Tracker.done_keys); how many are skipped."""
+    done = tracker.done_keys(set(keys.values()), force=False)
     skipped = 0
     for cell in cells:
         for seed in cell.seeds:
-            if already_done(tracker, existing.get(keys[(id(cell), seed)], []), cell.cfg.force):
+            if keys[(id(cell), seed)] in done and not cell.cfg.force:
                 skipped += 1
             else:
                 cell.todo.append(seed)
@@ -226,17 +207,16 @@ def select_todo(tracker: Tracker, cells: list[Cell], keys: dict[tuple[int, int],
 
 
 def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
+    """A job's overrides: the cell's, its parent run, and its seeds (one, or all of a batch)."""
     common = [
         *cell.overrides,
         f"tracking.parent_run_id={sweep.parent_run_id}",
         f"tracking.sweep_id={sweep.sweep_id}",
-        "tracking.resume_checked=true",
     ]
     if not cell.todo:
         return []
     if cell.batched:
-        seeds = ",".join(str(s) for s in cell.todo)
-        return [[*common, f"seed={cell.todo[0]}", f"seeds=[{seeds}]"]]
+        return [[*common, f"seeds=[{','.join(str(s) for s in cell.todo)}]"]]
     return [[*common, f"seed={seed}"] for seed in cell.todo]
 
 
@@ -260,19 +240,27 @@ class SweepRun:
             self.sweep_id = uuid.uuid4().hex[:12]
         elif previous is not None:
             self.parent_run_id = previous.info.run_id
-            self.sweep_id = previous.data.tags["sweep_id"]
+            self.sweep_id = previous.data.tags[schema.TAG_SWEEP_ID]
             self.resumed = True
             client.update_run(self.parent_run_id, status="RUNNING")
         else:
             self.sweep_id = uuid.uuid4().hex[:12]
             run = client.create_run(
-                tracker.experiment_id, run_name=f"sweep-{self.sweep_id}", tags={ROLE_TAG: "sweep"}
+                tracker.experiment_id,
+                run_name=schema.sweep_run_name(self.sweep_id),
+                tags={schema.ROLE_TAG: schema.ROLE_SWEEP},
             )
             self.parent_run_id = run.info.run_id
-        tags = {ROLE_TAG: "sweep", "sweep_id": self.sweep_id, SIGNATURE_TAG: signature}
-        tags.update(process_tags())
+        self.experiment = client.get_experiment(tracker.experiment_id).name
+        self.command = " ".join(["python -m pipeline -m", *loggable_overrides(arguments)])
+        tags = {
+            schema.ROLE_TAG: schema.ROLE_SWEEP,
+            schema.TAG_SWEEP_ID: self.sweep_id,
+            schema.TAG_SWEEP_SIGNATURE: signature,
+            **process_tags(),
+        }
         if commit := git_commit():
-            tags["mlflow.source.git.commit"] = commit
+            tags[schema.TAG_GIT_COMMIT] = commit
         params = {
             "overrides": (" ".join(loggable_overrides(arguments)) or "(none)")[:MAX_PARAM_LENGTH],
             "job_count": str(sum(len(c.seeds) for c in cells)),
@@ -291,21 +279,64 @@ class SweepRun:
     def previous_parent(self):
         runs = self.tracker.client.search_runs(
             [self.tracker.experiment_id],
-            f"tags.`{SIGNATURE_TAG}` = '{self.signature}'",
+            f"tags.`{schema.TAG_SWEEP_SIGNATURE}` = '{self.signature}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
         return runs[0] if runs else None
 
-    def close(self, status: str, counts: Counter, total: int) -> None:
+    def report_command(self) -> str:
+        return f"python -m analysis --experiment '{self.experiment}' --sweep {self.sweep_id}"
+
+    def close(self, status: str, totals: Counter, launch: Counter) -> None:
+        """The parent's metrics count the whole sweep, across relaunches; its description
+        (shown on its page in the MLflow UI) says what it holds and how to reproduce it."""
         now = int(time.time() * 1000)
-        names = ("finished", "skipped", "failed", "diverged", "killed")
-        metrics = [Metric(f"runs_{n}", float(counts[n]), now, 0) for n in names]
-        metrics.append(Metric("crashed_jobs", float(counts["crashed_jobs"]), now, 0))
-        metrics.append(Metric("runs_planned", float(total), now, 0))
-        self.tracker.client.log_batch(self.parent_run_id, metrics=metrics)
+        values = {schema.sweep_metric(n): totals[n] for n in schema.SWEEP_COUNTS}
+        values[schema.sweep_metric("skipped")] = launch["skipped"]
+        values[schema.CRASHED_JOBS] = launch["crashed_jobs"]
+        client = self.tracker.client
+        client.log_batch(
+            self.parent_run_id,
+            metrics=[Metric(k, float(v), now, 0) for k, v in values.items()],
+            tags=[RunTag(schema.TAG_NOTE, self.description(status, totals, launch))],
+        )
         if self.owned:
-            self.tracker.client.set_terminated(self.parent_run_id, status=status)
+            client.set_terminated(self.parent_run_id, status=status)
+
+    def description(self, status: str, totals: Counter, launch: Counter) -> str:
+        counts = ", ".join(f"{n} {totals[n]}" for n in schema.SWEEP_COUNTS if n != "skipped")
+        return "\n".join(
+            [
+                f"**deadunits sweep {self.sweep_id}** ({status.lower()}): {counts}; "
+                f"last launch skipped {launch['skipped']} already FINISHED, "
+                f"{launch['crashed_jobs']} crashed jobs.",
+                "",
+                f"Reproduce or resume (same tracking.uri): `{self.command}`",
+                "",
+                f"Report: `{self.report_command()}` "
+                f"(writes reports/{self.experiment}/report.html and logs a `report` run).",
+            ]
+        )
+
+
+def sweep_totals(tracker: Tracker, keys: set[str]) -> Counter:
+    """The whole sweep as the store holds it: each planned config key counted once, by its
+    best outcome (finished, running, diverged, failed, killed)."""
+    runs = tracker.runs_by_key(keys)
+    totals: Counter = Counter(planned=len(keys))
+    for key in keys:
+        outcomes = {
+            schema.outcome(r.info.status, r.data.tags.get(schema.TAG_DIVERGED) == "true")
+            for r in runs.get(key, [])
+        }
+        for name in (schema.FINISHED, schema.RUNNING, schema.DIVERGED, schema.FAILED):
+            if name in outcomes:
+                totals[name] += 1
+                break
+        else:
+            totals[schema.KILLED] += bool(outcomes)
+    return totals
 
 
 def loggable_overrides(arguments: list[str]) -> list[str]:
@@ -313,7 +344,7 @@ def loggable_overrides(arguments: list[str]) -> list[str]:
     kept = []
     for argument in arguments:
         key = argument.partition("=")[0].lstrip("+~")
-        if key in NOT_LOGGED or key.startswith("hydra."):
+        if key in schema.NOT_LOGGED or key.startswith("hydra."):
             continue
         kept.append(argument)
     return kept
@@ -323,17 +354,19 @@ def sweep_signature(keys: list[str]) -> str:
     return hashlib.sha1("\n".join(sorted(keys)).encode()).hexdigest()[:16]
 
 
-def print_summary(sweep: SweepRun, counts: Counter, total: int, seconds: float, uri: str) -> None:
-    done = counts["finished"] + counts["failed"] + counts["diverged"]
-    rate = done / seconds if seconds > 0 else 0.0
+def print_summary(
+    sweep: SweepRun, totals: Counter, launch: Counter, seconds: float, uri: str
+) -> None:
+    ran = launch["finished"] + launch["failed"] + launch["diverged"] + launch["killed"]
+    rate = ran / seconds if seconds > 0 else 0.0
     lines = [
-        f"deadunits sweep {sweep.sweep_id}: {done} of {total} runs in {seconds:.1f} s ({rate:.1f} runs/s)",
-        f"  finished {counts['finished']}, failed {counts['failed']}, diverged {counts['diverged']}, "
-        f"skipped (already FINISHED) {counts['skipped']}, crashed jobs {counts['crashed_jobs']}",
-        f"  experiment '{sweep.tracker.client.get_experiment(sweep.tracker.experiment_id).name}', "
-        f"parent run {sweep.parent_run_id}",
-        f"  report: python -m analysis --experiment "
-        f"'{sweep.tracker.client.get_experiment(sweep.tracker.experiment_id).name}' --sweep {sweep.sweep_id}",
+        f"deadunits sweep {sweep.sweep_id}: this launch ran {ran} runs in {seconds:.1f} s "
+        f"({rate:.1f} runs/s), skipped {launch['skipped']} already FINISHED, "
+        f"crashed jobs {launch['crashed_jobs']}",
+        f"  whole sweep: finished {totals['finished']} of {totals['planned']} planned, "
+        f"failed {totals['failed']}, diverged {totals['diverged']}, killed {totals['killed']}",
+        f"  experiment '{sweep.experiment}', parent run {sweep.parent_run_id}",
+        f"  report: {sweep.report_command()}",
     ]
     if uri.startswith("sqlite:"):
         lines.append(f"  UI:     mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")

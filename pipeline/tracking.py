@@ -1,14 +1,13 @@
-"""Everything the pipeline writes to MLflow: the run schema, resume lookups, batched logging.
+"""How the pipeline writes to MLflow: runs as whole records, resume lookups, the experiment.
 
 Each training run is logged with one create_run, one log_batch (params, metrics with
-their steps, tags) and one set_terminated: no per-metric calls (DESIGN.md section 4).
+their steps, tags) and one set_terminated: no per-metric calls, since MLflow's client costs
+a transaction per call. The names written are those of `pipeline.schema`.
 """
 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import random
 import socket
@@ -26,58 +25,15 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
+from pipeline import schema
 from pipeline.store import PROJECT_ROOT, sqlite_path
 
-ROLE_TAG = "deadunits.role"
-# Keys that do not change a run's result: left out of its config key, so resume matches.
-NOT_IN_KEY = ("tracking", "force", "seeds", "train.engine", "train.memory_budget_mb")
-# Never logged as params: they may hold credentials or machine paths.
-NOT_LOGGED = (
-    "tracking.uri",
-    "tracking.parent_run_id",
-    "tracking.sweep_id",
-    "tracking.resume_checked",
-    "seeds",
-)
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # one log_batch's limits
 
 
-def flatten(cfg, prefix: str = "") -> dict[str, object]:
-    """Every leaf of a resolved config, keyed with dots."""
-    container = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else cfg
-    flat: dict[str, object] = {}
-    for key, value in container.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _excluded(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
-
-
-def config_key(flat: dict[str, object], seed: int) -> str:
-    """A stable hash of everything that decides a run's result."""
-    kept = {k: v for k, v in flat.items() if not _excluded(k, NOT_IN_KEY)}
-    kept["seed"] = seed
-    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_params(flat: dict[str, object], seed: int) -> dict[str, str]:
-    params = {k: _as_text(v) for k, v in flat.items() if not _excluded(k, NOT_LOGGED)}
-    params["seed"] = str(seed)
-    return params
-
-
-def _as_text(value) -> str:
-    return json.dumps(value) if isinstance(value, list | tuple) else str(value)
-
-
-def run_name(flat: dict[str, object], seed: int) -> str:
-    return f"{flat['model.activation']}-{flat['init.name']}-s{seed}"
+def flat_config(cfg) -> dict[str, object]:
+    """Every leaf of a composed config, resolved and keyed with dots."""
+    return schema.flatten(OmegaConf.to_container(cfg, resolve=True))
 
 
 @cache
@@ -96,8 +52,23 @@ def git_commit() -> str | None:
 
 
 def process_tags() -> dict[str, str]:
-    """Who is running this: lets a later sweep tell a live run from one a crash left RUNNING."""
-    return {"deadunits.host": socket.gethostname(), "deadunits.pid": str(os.getpid())}
+    """Who is running this: lets a later sweep tell a live run from one a crash left RUNNING.
+
+    The process start time tells a live owner from a new process that reuses its PID.
+    """
+    tags = {schema.TAG_HOST: socket.gethostname(), schema.TAG_PID: str(os.getpid())}
+    if (started := process_start(os.getpid())) is not None:
+        tags[schema.TAG_PROCESS_START] = started
+    return tags
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux /proc), None elsewhere."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]  # field 22; the name before ")" may hold spaces
 
 
 @dataclass
@@ -213,20 +184,20 @@ class Tracker:
         return run_id if run.info.experiment_id == self.experiment_id else None
 
     def base_tags(self) -> dict[str, str]:
-        tags = {ROLE_TAG: "run", **process_tags()}
+        tags = {schema.ROLE_TAG: schema.ROLE_RUN, **process_tags()}
         if commit := git_commit():
-            tags["mlflow.source.git.commit"] = commit
+            tags[schema.TAG_GIT_COMMIT] = commit
         if self.parent_run_id:
-            tags["mlflow.parentRunId"] = self.parent_run_id
+            tags[schema.TAG_PARENT] = self.parent_run_id
         if self.sweep_id:
-            tags["sweep_id"] = self.sweep_id
+            tags[schema.TAG_SWEEP_ID] = self.sweep_id
         return tags
 
     def start(self, record: RunRecord) -> str:
         """Create a RUNNING run carrying everything known so far."""
         run = self.client.create_run(
             self.experiment_id,
-            tags={**record.tags, "mlflow.runName": record.name},
+            tags={**record.tags, schema.TAG_RUN_NAME: record.name},
             run_name=record.name,
         )
         try:
@@ -273,9 +244,9 @@ class Tracker:
         """Existing runs of this experiment grouped by config key (all of them when keys is None)."""
         found: dict[str, list] = {}
         if keys is not None and len(keys) <= 20:
-            filters = [f"tags.config_key = '{key}'" for key in sorted(keys)]
+            filters = [f"tags.{schema.TAG_CONFIG_KEY} = '{key}'" for key in sorted(keys)]
         else:
-            filters = [f"tags.`{ROLE_TAG}` = 'run'"]
+            filters = [f"tags.`{schema.ROLE_TAG}` = '{schema.ROLE_RUN}'"]
         for filter_string in filters:
             token = None
             while True:
@@ -283,13 +254,26 @@ class Tracker:
                     [self.experiment_id], filter_string, max_results=10_000, page_token=token
                 )
                 for run in page:
-                    key = run.data.tags.get("config_key")
+                    key = run.data.tags.get(schema.TAG_CONFIG_KEY)
                     if key and (keys is None or key in keys):
                         found.setdefault(key, []).append(run)
                 token = page.token
                 if not token:
                     break
         return found
+
+    def done_keys(self, keys: set[str], force: bool) -> set[str]:
+        """The resume rule: keys that need no new run, because one is FINISHED, or RUNNING
+        and owned by a live process. Runs whose owner is gone are marked KILLED on the way.
+        With `force`, every key runs again (dead runs are still marked)."""
+        done = set()
+        for key, runs in self.runs_by_key(keys).items():
+            for run in runs:
+                if run.info.status == "RUNNING" and not owner_alive(run.data.tags):
+                    self.finish(run.info.run_id, "KILLED")
+                elif run.info.status in ("FINISHED", "RUNNING"):
+                    done.add(key)
+        return set() if force else done
 
 
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
@@ -313,28 +297,23 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         return again.experiment_id
 
 
-def already_done(tracker: Tracker, runs: list, force: bool) -> bool:
-    """Whether a config key needs no new run: it has one FINISHED, or RUNNING in a live process.
-
-    Runs a dead process left RUNNING are marked KILLED on the way (what resume requires).
-    """
-    for run in runs:
-        if run.info.status == "RUNNING" and not is_alive_here(run):
-            tracker.finish(run.info.run_id, "KILLED")
-            run.info._status = "KILLED"
-    return not force and any(run.info.status in ("FINISHED", "RUNNING") for run in runs)
-
-
-def is_alive_here(run) -> bool:
-    """Whether a RUNNING run belongs to a live process on this host."""
-    tags = run.data.tags
-    if tags.get("deadunits.host") != socket.gethostname():
+def owner_alive(tags: dict[str, str]) -> bool:
+    """Whether the process that owns a RUNNING run still runs: same host, same PID, and the
+    same process start time where the run recorded one (PIDs are reused)."""
+    if tags.get(schema.TAG_HOST) != socket.gethostname():
         return False
     try:
-        os.kill(int(tags.get("deadunits.pid", "0")), 0)
-    except (ValueError, ProcessLookupError, PermissionError):
+        pid = int(tags.get(schema.TAG_PID, "0"))
+    except ValueError:
         return False
-    return int(tags.get("deadunits.pid", "0")) > 0
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    recorded = tags.get(schema.TAG_PROCESS_START)
+    return recorded is None or recorded == process_start(pid)
 
 
 def local_artifact_dir(artifact_uri: str | None) -> Path | None:

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
+from pipeline.choices import ENGINES, LOSSES, OPTIMIZERS
+from pipeline.config import group_options, seeds_of
 from pipeline.forward import ACTIVATIONS
-from pipeline.initializers import INITIALIZERS
+from pipeline.initializers import RAI
 
-OPTIMIZERS = ("adam", "sgd", "rmsprop", "adagrad")
-LOSSES = ("mae", "mse", "huber")
-ENGINES = ("keras", "batched")
 MAX_SEED = 2**31 - 1
 
 
@@ -50,8 +49,7 @@ def _positive_number(key: str, value) -> None:
 
 def validate(cfg) -> None:
     """Raise ConfigError for the first value that is not allowed."""
-    seeds = cfg.get("seeds")
-    for seed in seeds if seeds is not None else [cfg.seed]:
+    for seed in seeds_of(cfg):
         _int_in("seed", seed, 0, MAX_SEED)
     if not isinstance(cfg.force, bool):
         raise ConfigError("force", f"{cfg.force!r} is not allowed, expected true or false")
@@ -69,8 +67,8 @@ def validate(cfg) -> None:
     if not _is_number(model.bias_init) or model.bias_init != model.bias_init:
         raise ConfigError("model.bias_init", f"{model.bias_init!r} is not a number")
 
-    _choice("init.name", cfg.init.name, INITIALIZERS)
-    if cfg.init.name == "rai":
+    _choice("init.name", cfg.init.name, group_options("init"))
+    if cfg.init.name == RAI:
         _positive_number("init.beta_a", cfg.init.beta_a)
         _positive_number("init.beta_b", cfg.init.beta_b)
         _positive_number("init.std", cfg.init.std)

@@ -20,19 +20,34 @@ def store(tmp_path) -> str:
     return f"sqlite:///{tmp_path}/mlflow.db"
 
 
-def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 600):
-    """Run `python -m pipeline ARGS` and return the CompletedProcess (text output).
+def child_env(env: dict | None = None) -> dict[str, str]:
+    """This process's environment for a child, without an outer MLflow run or tracking URI.
 
-    `env` adds variables to this process's environment; a value of None removes one.
+    `env` adds variables; a value of None removes one.
     """
-    full_env = {**os.environ, **(env or {})}
-    for name in [k for k, v in full_env.items() if v is None] + ["MLFLOW_RUN_ID"]:
-        full_env.pop(name, None)
+    full = {**os.environ, **(env or {})}
+    for name in [k for k, v in full.items() if v is None]:
+        del full[name]
+    for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):
+        if name not in (env or {}):
+            full.pop(name, None)
+    return full
+
+
+def run_module(
+    module: str, *args: str, cwd: Path | None = None, env: dict | None = None, timeout=600
+) -> subprocess.CompletedProcess:
+    """Run `python -m MODULE ARGS` and return the CompletedProcess (text output)."""
     return subprocess.run(
-        [sys.executable, "-m", "pipeline", *args],
+        [sys.executable, "-m", module, *args],
         cwd=cwd or PROJECT_ROOT,
-        env=full_env,
+        env=child_env(env),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    """Run `python -m pipeline ARGS` (see run_module)."""
+    return run_module("pipeline", *args, **kwargs)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.tracking import open_client
-from tests.conftest import PROJECT_ROOT, run_cli
+from tests.conftest import PROJECT_ROOT, child_env, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,10 @@ def test_multirun_logs_one_child_per_job_under_one_parent_and_resumes(store):
     assert len({r.data.tags["config_key"] for r in children}) == 8
     assert parent.data.params["job_count"] == "8"
     assert parent.data.metrics["runs_finished"] == 8
-    assert "8 of 8 runs" in first.stderr and "report: python -m analysis" in first.stderr
+    assert "finished 8 of 8 planned" in first.stderr
+    assert "report: python -m analysis" in first.stderr
+    note = parent.data.tags["mlflow.note.content"]
+    assert "planned 8, finished 8" in note and "python -m pipeline -m seed=0,1" in note
 
     again = run_cli(*sweep, *SMALL, f"tracking.uri={store}")
     assert again.returncode == 0, again.stderr[-3000:]
@@ -80,8 +83,7 @@ def test_a_failing_run_does_not_break_the_sweep(store):
 
 
 def start_sweep(store: str, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = child_env()
     return subprocess.Popen(
         [
             sys.executable,
@@ -176,8 +178,7 @@ def test_mlflow_run_entry_point(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     # `mlflow run --env-manager local` runs the entry point's `python` from PATH: this venv's.
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "TF_CPP_MIN_LOG_LEVEL": "3", "PATH": path}
-    env.pop("MLFLOW_RUN_ID", None)
+    env = child_env({"MLFLOW_TRACKING_URI": uri, "PATH": path})
     mlflow = [sys.executable, "-m", "mlflow", "run", str(PROJECT_ROOT), "--env-manager", "local"]
     result = subprocess.run(
         [

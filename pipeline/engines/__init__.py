@@ -3,9 +3,12 @@ keras (model.fit, the reference) and batched (every member of a cell in one prog
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.choices import ENGINES
 
 
 @dataclass
@@ -21,10 +24,4 @@ class MemberResult:
 
 def get_engine(name: str):
     """The engine's train function, imported lazily (TensorFlow is slow to import)."""
-    if name == "keras":
-        from pipeline.engines.keras_fit import train
-    elif name == "batched":
-        from pipeline.engines.batched import train
-    else:
-        raise ValueError(f"train.engine: {name!r} is not one of keras, batched")
-    return train
+    return importlib.import_module(ENGINES[name].module).train

@@ -43,14 +43,13 @@ from functools import cache
 import numpy as np
 
 from pipeline import network, numerics
+from pipeline.choices import OPTIMIZERS
 from pipeline.data import Dataset
 from pipeline.engines import MemberResult
 
 tf, keras = numerics.import_tensorflow()
 ops = keras.ops
 
-# Optimizer slot variables per weight. Only elementwise optimizers can be batched exactly.
-OPTIMIZER_SLOTS = {"sgd": 0, "adagrad": 1, "rmsprop": 1, "adam": 2}
 # Activations whose kernels round an element alike in SIMD packets and one by one (checked
 # by tests/test_batched_engine.py on this TensorFlow build): they run on stacked tensors.
 POSITION_FREE_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "linear")
@@ -97,10 +96,10 @@ def train(
 
 
 def check_supported(train_cfg) -> None:
-    if train_cfg.optimizer not in OPTIMIZER_SLOTS:
+    if train_cfg.optimizer not in OPTIMIZERS:
         raise UnsupportedConfig(
             f"train.optimizer: the batched engine cannot reproduce {train_cfg.optimizer!r} "
-            f"exactly (only elementwise optimizers: {', '.join(OPTIMIZER_SLOTS)}); "
+            f"exactly (only elementwise optimizers: {', '.join(OPTIMIZERS)}); "
             "use train.engine=keras"
         )
 
@@ -130,7 +129,9 @@ def bytes_per_member(
     """
     params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
     units = sum(fan_out for _, fan_out in shapes)
-    floats = (4 + OPTIMIZER_SLOTS[optimizer]) * params + 6 * batch_size * units + 4 * n_test * units
+    floats = (
+        (4 + OPTIMIZERS[optimizer].slots) * params + 6 * batch_size * units + 4 * n_test * units
+    )
     graph = GRAPH_BYTES_PER_MEMBER_OP * member_ops
     return 4 * floats + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import PROJECT_ROOT, run_cli
+from tests.conftest import PROJECT_ROOT, run_cli, run_module
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "services"
@@ -130,21 +130,6 @@ class Service:
                 self.process.wait(10)
         finally:
             self._log_file.close()
-
-
-def run_module(module: str, *args: str, cwd: Path, timeout: float = 600):
-    """`python -m MODULE ARGS` in cwd (text output), without a tracking URI from outside."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    env.pop("MLFLOW_RUN_ID", None)
-    env.pop("MLFLOW_TRACKING_URI", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def write_report(uri: str, out: Path, cwd: Path) -> subprocess.CompletedProcess:

@@ -104,9 +104,9 @@ def test_every_run_of_a_parallel_sweep_arrives_with_its_parent(
     mlflow_server, postgres_url, sweep, experiment_id
 ):
     result, _, _ = sweep
-    assert "6 of 6 runs" in result.stderr and "crashed jobs 0" in result.stderr, result.stderr[
-        -3000:
-    ]
+    assert "finished 6 of 6 planned" in result.stderr and "crashed jobs 0" in result.stderr, (
+        result.stderr[-3000:]
+    )
     runs = search_runs(mlflow_server, experiment_id)
     children, parents = with_role(runs, "run"), with_role(runs, "sweep")
     assert len(children) == 6 and len(parents) == 1, Counter(

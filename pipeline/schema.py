@@ -1,0 +1,174 @@
+"""The MLflow contract: every name the pipeline writes and the analysis reads, and the rules
+that derive a run's identity (config key, run name) and outcome. Pure Python, cheap to import.
+
+Renaming a metric, a tag or a role is one edit here; tests check that the analysis reads
+only names this module defines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterable
+
+# ---------------------------------------------------------------- roles
+ROLE_TAG = "deadunits.role"
+ROLE_RUN, ROLE_SWEEP, ROLE_REPORT = "run", "sweep", "report"
+
+# ---------------------------------------------------------------- tags
+TAG_CONFIG_KEY = "config_key"
+TAG_ENGINE = "engine"
+TAG_DEAD_AT_INIT = "dead_at_init"  # "true"/"false": the flag users filter on
+TAG_DIVERGED = "diverged"
+TAG_DIVERGED_EPOCH = "diverged_epoch"
+TAG_ERROR = "error"
+TAG_SWEEP_ID = "sweep_id"
+TAG_SWEEP_SIGNATURE = "deadunits.sweep_signature"
+TAG_SWEEP_RUN_ID = "deadunits.sweep_run_id"  # on a report: the parent run of its sweep
+TAG_HOST = "deadunits.host"
+TAG_PID = "deadunits.pid"
+TAG_PROCESS_START = "deadunits.process_start"
+TAG_TENSORFLOW_VERSION = "tensorflow_version"
+TAG_ONEDNN = "onednn"
+# MLflow's own tags.
+TAG_PARENT = "mlflow.parentRunId"
+TAG_RUN_NAME = "mlflow.runName"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_NOTE = "mlflow.note.content"  # the run's description on its page in the UI
+
+# ---------------------------------------------------------------- metrics
+STAGES = ("init", "final")
+TRAIN_LOSS, TEST_LOSS = "train_loss", "test_loss"  # per epoch, step = epoch from 1
+FINAL_TRAIN_LOSS, FINAL_TEST_LOSS = "final_train_loss", "final_test_loss"
+HIDDEN_UNITS = "hidden_units"
+
+
+def dead_units(stage: str) -> str:
+    return f"dead_units_{stage}"
+
+
+def dead_fraction(stage: str) -> str:
+    return f"dead_fraction_{stage}"
+
+
+def saturated_units(stage: str) -> str:
+    return f"saturated_units_{stage}"
+
+
+def output_dead(stage: str) -> str:
+    return f"output_dead_{stage}"
+
+
+def collapsed(stage: str) -> str:
+    """0/1: some hidden layer entirely dead, so the output is constant."""
+    return f"collapsed_{stage}"
+
+
+def layer_dead_units(stage: str, layer: int) -> str:
+    """Dead units of hidden layer `layer` (1 = first hidden layer)."""
+    return f"{dead_units(stage)}/layer_{layer}"
+
+
+def stage_metrics(stage: str) -> tuple[str, ...]:
+    """The per-stage metrics every run has (per-layer counts come on top)."""
+    return (
+        dead_units(stage),
+        dead_fraction(stage),
+        saturated_units(stage),
+        output_dead(stage),
+        collapsed(stage),
+    )
+
+
+INIT_METRICS = (*stage_metrics("init"), HIDDEN_UNITS)
+RESULT_METRICS = (FINAL_TRAIN_LOSS, FINAL_TEST_LOSS, *INIT_METRICS, *stage_metrics("final"))
+_COUNT = re.compile(
+    r"^(dead_units_(init|final)(/layer_\d+)?|saturated_units_(init|final)|hidden_units"
+    r"|output_dead_(init|final)|collapsed_(init|final))$"
+)
+
+
+def is_count_metric(name: str) -> bool:
+    """Counts and 0/1 flags (typed as integers by the analysis)."""
+    return bool(_COUNT.match(name))
+
+
+# The sweep parent's metrics, counting the whole sweep.
+SWEEP_COUNTS = ("planned", "finished", "skipped", "failed", "diverged", "killed")
+
+
+def sweep_metric(count: str) -> str:
+    return f"runs_{count}"
+
+
+CRASHED_JOBS = "crashed_jobs"
+
+# ---------------------------------------------------------------- outcomes
+OUTCOMES = ("finished", "diverged", "failed", "killed", "running")
+FINISHED, DIVERGED, FAILED, KILLED, RUNNING = OUTCOMES
+
+
+def outcome(status: str, diverged: bool) -> str:
+    """A run's outcome from its MLflow status and its diverged tag."""
+    if diverged:
+        return DIVERGED
+    return {"FINISHED": FINISHED, "FAILED": FAILED, "KILLED": KILLED}.get(status, RUNNING)
+
+
+# ---------------------------------------------------------------- config -> params
+# Keys that do not change a run's result: left out of its config key, so resume matches,
+# and never used to group runs in a report.
+NOT_IN_KEY = ("tracking", "force", "seeds", "train.engine", "train.memory_budget_mb")
+# Never logged as params: they may hold credentials or machine paths, or are per job.
+NOT_LOGGED = ("tracking.uri", "tracking.parent_run_id", "tracking.sweep_id", "seeds")
+PARAM_SEED = "seed"
+PARAM_ACTIVATION = "model.activation"
+PARAM_OUTPUT_ACTIVATION = "model.output_activation"
+PARAM_HIDDEN_SIZES = "model.hidden_sizes"
+PARAM_BIAS_INIT = "model.bias_init"
+PARAM_INIT = "init.name"
+PARAM_DATA_LOW = "data.low"
+PARAM_LOSS = "train.loss"
+
+
+def is_under(key: str, prefixes: Iterable[str]) -> bool:
+    """Whether a dotted key is one of `prefixes` or inside one of them."""
+    return any(key == p or key.startswith(f"{p}.") for p in prefixes)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+    """Every leaf of a nested dict, keyed with dots."""
+    flat: dict[str, object] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def config_key(flat: dict[str, object], seed: int) -> str:
+    """A stable hash of everything that decides a run's result."""
+    kept = {k: v for k, v in flat.items() if not is_under(k, NOT_IN_KEY)}
+    kept[PARAM_SEED] = seed
+    return hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_params(flat: dict[str, object], seed: int) -> dict[str, str]:
+    params = {k: _as_text(v) for k, v in flat.items() if not is_under(k, NOT_LOGGED)}
+    params[PARAM_SEED] = str(seed)
+    return params
+
+
+def _as_text(value) -> str:
+    return json.dumps(value) if isinstance(value, list | tuple) else str(value)
+
+
+def run_name(flat: dict[str, object], seed: int) -> str:
+    return f"{flat[PARAM_ACTIVATION]}-{flat[PARAM_INIT]}-s{seed}"
+
+
+def sweep_run_name(sweep_id: str) -> str:
+    return f"sweep-{sweep_id}"
