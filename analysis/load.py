@@ -40,7 +40,7 @@ class LoadedRuns:
     tracking_uri: str
     sweep_id: str | None = None
     load_seconds: float = 0.0
-    sweep_params: dict[str, str] | None = None  # the sweep parent's params; None: not found
+    sweep_parent: object | None = None  # the sweep's parent run (mlflow Run); None: not found
 
 
 def connect(tracking_uri: str | None = None):
@@ -252,7 +252,7 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
             raise AnalysisError(f"no runs with sweep_id '{sweep_id}' in experiment '{experiment}'")
         raise AnalysisError(f"experiment '{experiment}' has no training runs (tag {ROLE_TAG}=run)")
     frame, params, metrics = runs_to_frame(runs)
-    sweep_params = sweep_parent_params(client, found.experiment_id, sweep_id) if sweep_id else None
+    parent = sweep_parent(client, found.experiment_id, sweep_id) if sweep_id else None
     return LoadedRuns(
         frame=frame,
         param_columns=params,
@@ -262,15 +262,15 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
         tracking_uri=uri,
         sweep_id=sweep_id,
         load_seconds=time.perf_counter() - started,
-        sweep_params=sweep_params,
+        sweep_parent=parent,
     )
 
 
-def sweep_parent_params(client, experiment_id: str, sweep_id: str) -> dict[str, str] | None:
-    """Params of the sweep's parent run (overrides, job_count), None if there is none."""
+def sweep_parent(client, experiment_id: str, sweep_id: str):
+    """The sweep's parent run (params overrides, job_count, ...), None if there is none."""
     query = f"tags.`{ROLE_TAG}` = 'sweep' AND tags.sweep_id = '{sweep_id}'"
     parents = client.search_runs([experiment_id], query, max_results=1)
-    return dict(parents[0].data.params) if parents else None
+    return parents[0] if parents else None
 
 
 HISTORY_CHUNK = 500  # run ids per SQL query; well below SQLite's bound-variable limit

@@ -174,11 +174,6 @@ def with_group(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.assign(group=labels)
 
 
-def group_order(frame: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Group labels in table order."""
-    return [label for label, _, _ in iter_groups(frame, keys)]
-
-
 def _row(label: str, values: dict) -> dict:
     return {"group": label, **{k: format_value(v) for k, v in values.items()}}
 
@@ -521,6 +516,52 @@ def dead_count_theory_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFram
                     "outside": stats.outside(expected, measured.lo, measured.hi),
                 }
             )
+    return pd.DataFrame(rows)
+
+
+def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per activation x initializer, pooled over other keys: the dead-at-init rate (Wilson)
+    and the final test loss of dead and of alive finished runs (median, quartiles)."""
+    rows = []
+    for label, values, runs in iter_groups(frame, [k for k in ALWAYS_GROUPED if k in frame]):
+        finished = finished_runs(runs)
+        dead = stats.proportion(np.asarray(init_runs(runs)["dead_at_init"], dtype=float))
+        row = {**_row(label, values), **_estimate_columns("dead_at_init", dead)}
+        for name, flag in (("dead", True), ("alive", False)):
+            subset = finished[finished["dead_at_init"].fillna(not flag) == flag]
+            spread = stats.spread(floats(subset, "final_test_loss"))
+            row |= {f"{name}_n": spread.n, f"{name}_median": spread.median}
+            row |= {f"{name}_q25": spread.q25, f"{name}_q75": spread.q75}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def collapse_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Collapse at init (Wilson) per group of equal-width bias-free ReLU nets on one-sign
+    inputs, symmetric initializers and asymmetric ones (rai) alike: the depth figure."""
+    rows = []
+    for label, values, runs in iter_groups(frame, keys):
+        first = runs.iloc[0]
+        sizes = parse_hidden_sizes(first.get(HIDDEN))
+        init = str(first.get(INIT))
+        if (
+            sizes is None
+            or len(set(sizes)) > 1
+            or init not in theory.SYMMETRIC_INITS | theory.ASYMMETRIC_INITS
+            or not theory.on_rays(first.get(ACTIVATION), first.get(BIAS), first.get(DATA_LOW))
+        ):
+            continue
+        collapse = stats.proportion(floats(init_runs(runs), "collapsed_init"))
+        rows.append(
+            {
+                **_row(label, values),
+                "init": init,
+                "symmetric": init in theory.SYMMETRIC_INITS,
+                "width": sizes[0],
+                "depth": len(sizes),
+                **_estimate_columns("collapse", collapse),
+            }
+        )
     return pd.DataFrame(rows)
 
 

@@ -9,7 +9,7 @@ from fake_runs import run_metrics
 from mlflow.tracking import MlflowClient
 
 from analysis.errors import AnalysisError
-from analysis.report import build_report, write_report
+from analysis.report import write_report
 
 
 class ReportParser(HTMLParser):
@@ -113,8 +113,8 @@ def test_report_run_is_logged_and_ignored_next_time(fake_store, tmp_path):
     store = fake_store()
     for seed in range(3):
         store.log(config={"seed": seed}, metrics=run_metrics(dead_init=seed % 3))
-    html = build_report(store.experiment, tmp_path / "out", tracking_uri=store.uri)
-    assert html == tmp_path / "out" / "report.html"
+    output = write_report(store.experiment, tmp_path / "out", tracking_uri=store.uri)
+    assert output.html == tmp_path / "out" / "report.html"
     client = MlflowClient(tracking_uri=store.uri)
     reports = client.search_runs([store.experiment_id], "tags.`deadunits.role` = 'report'")
     assert len(reports) == 1
@@ -166,9 +166,9 @@ def test_single_run(fake_store, tmp_path):
 
 def test_unknown_experiment_and_empty_sweep(study, tmp_path):
     with pytest.raises(AnalysisError, match="unknown experiment 'nope'"):
-        build_report("nope", tmp_path, tracking_uri=study.uri)
+        write_report("nope", tmp_path, tracking_uri=study.uri)
     with pytest.raises(AnalysisError, match="no runs with sweep_id 'other'"):
-        build_report(study.experiment, tmp_path, sweep_id="other", tracking_uri=study.uri)
+        write_report(study.experiment, tmp_path, sweep_id="other", tracking_uri=study.uri)
     assert not any(tmp_path.iterdir())  # nothing written on error
 
 
