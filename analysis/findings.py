@@ -4,10 +4,10 @@ so every claim traces to a table row."""
 
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 
 from analysis.compute import Results
+from analysis.render import interval, rate
 from analysis.tables import ACTIVATION
 
 POOLED = "all groups pooled"
@@ -16,18 +16,6 @@ POOLED = "all groups pooled"
 def plural(n, noun: str) -> str:
     n = int(n)
     return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-def _interval(value, lo, hi, fmt: str = ".3f") -> str:
-    if np.isnan(lo):
-        return f"{value:{fmt}}"
-    return f"{value:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
-
-
-def _rate(row, name: str) -> str:
-    """'0.778 [0.453, 0.937] (7/9)' from a row's k, n, value, lo, hi columns."""
-    estimate = _interval(row[name], row[f"{name}_lo"], row[f"{name}_hi"])
-    return f"{estimate} ({row[f'{name}_k']}/{row[f'{name}_n']})"
 
 
 def scope(results: Results) -> str:
@@ -56,14 +44,14 @@ def dead_finding(results: Results) -> str | None:
     top = _top(with_dead, "dead_at_init")
     text = (
         f"**Dead at init:** runs with a dead hidden unit in {len(with_dead)} of {len(death)} "
-        f"groups; highest rate {_rate(top, 'dead_at_init')} in {top['group']}"
+        f"groups; highest rate {rate(top, 'dead_at_init')} in {top['group']}"
     )
     relu = death[death[ACTIVATION] == "relu"] if ACTIVATION in death else death.iloc[:0]
     if len(relu) > 1:
         low, high = _top(relu, "dead_at_init", lowest=True), _top(relu, "dead_at_init")
         text += (
-            f"; ReLU groups range from {_rate(low, 'dead_at_init')} ({low['group']}) "
-            f"to {_rate(high, 'dead_at_init')} ({high['group']})"
+            f"; ReLU groups range from {rate(low, 'dead_at_init')} ({low['group']}) "
+            f"to {rate(high, 'dead_at_init')} ({high['group']})"
         )
     return text + "."
 
@@ -76,7 +64,7 @@ def collapse_finding(results: Results) -> str | None:
     return (
         f"**Collapse:** a whole hidden layer was dead at init (constant output) in "
         f"{plural(collapsed['collapse_k'].sum(), 'run')} over {plural(len(collapsed), 'group')}; "
-        f"most often in {worst['group']}, {_rate(worst, 'collapse')}."
+        f"most often in {worst['group']}, {rate(worst, 'collapse')}."
     )
 
 
@@ -87,7 +75,7 @@ def cost_finding(results: Results) -> str | None:
     top = cost.sort_values("test_cost", ascending=False).iloc[0]
     largest = (
         f"largest in {top['group']}: "
-        f"{_interval(top['test_cost'], top['test_cost_lo'], top['test_cost_hi'], '+.4g')}"
+        f"{interval(top['test_cost'], top['test_cost_lo'], top['test_cost_hi'], '+.4g')}"
     )
     intervals = cost[cost["test_cost_lo"].notna()]
     if intervals.empty:
@@ -111,7 +99,7 @@ def correlation_finding(results: Results) -> str | None:
     parts = []
     if not pooled.empty and pd.notna(pooled.iloc[0]["rho_test"]):
         row = pooled.iloc[0]
-        estimate = _interval(row["rho_test"], row["rho_test_lo"], row["rho_test_hi"])
+        estimate = interval(row["rho_test"], row["rho_test_lo"], row["rho_test_hi"])
         parts.append(f"{estimate} pooled over groups (n={row['rho_test_n']})")
     if not defined.empty:
         above = int((defined["rho_test_lo"] > 0).sum())

@@ -1,4 +1,5 @@
-"""Markdown helpers, and the one Markdown -> self-contained HTML conversion (markdown-it)."""
+"""Cell formats and Markdown helpers, and the one Markdown -> self-contained HTML
+conversion (markdown-it)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,31 @@ th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-a
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #ddd; }
 """
+
+
+NO_DATA = "no data"
+
+
+def num(value, fmt: str = ".3f") -> str:
+    """A number in `fmt`; a dash for missing."""
+    return "—" if pd.isna(value) else f"{float(value):{fmt}}"
+
+
+def interval(value, lo, hi, fmt: str = ".3f", note: str = "") -> str:
+    """'0.250 [0.089, 0.532]', or the value with the reason there is no interval."""
+    if pd.isna(value):
+        return note or NO_DATA
+    if pd.isna(lo) or pd.isna(hi):
+        return f"{num(value, fmt)} ({note or 'no interval'})"
+    return f"{num(value, fmt)} [{num(lo, fmt)}, {num(hi, fmt)}]"
+
+
+def rate(row, prefix: str) -> str:
+    """'0.250 [0.089, 0.532] (3/12)' from the k, n, value, lo, hi columns of a row."""
+    if row[f"{prefix}_n"] == 0:
+        return NO_DATA
+    estimate = interval(row[prefix], row[f"{prefix}_lo"], row[f"{prefix}_hi"])
+    return f"{estimate} ({row[f'{prefix}_k']}/{row[f'{prefix}_n']})"
 
 
 def cell(value) -> str:

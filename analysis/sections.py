@@ -5,17 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from analysis import findings
 from analysis.compute import Results
-from analysis.render import figure, table
+from analysis.render import NO_DATA, figure, interval, num, rate, table
 from analysis.tables import SHORT_NAMES
 from pipeline.store import redact_uri
 
 MAX_LISTED_RUNS = 100
-NO_DATA = "no data"
+Figures = dict[str, Path]  # figure name (report.FIGURE_FILES) -> file written
 
 
 @dataclass
@@ -30,9 +29,6 @@ class CurveInfo:
     runs_with_history: int = 0
 
 
-Figures = dict[str, Path]  # figure name (report.FIGURE_FILES) -> file written
-
-
 def bullets(items: list[str]) -> str:
     return "\n".join(f"- {item}" for item in items)
 
@@ -41,69 +37,47 @@ def section(title: str, *blocks: str) -> str:
     return "\n\n".join([f"## {title}", *blocks])
 
 
-# ---------------------------------------------------------------- cell formats
+# Cell makers: each returns a function of one table row.
+def text(column: str):
+    return lambda r: str(r[column])
 
 
-def num(value, digits: int = 3) -> str:
-    """A number with `digits` decimals; a dash for missing."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    return f"{float(value):.{digits}f}"
+def rate_of(prefix: str):
+    return lambda r: rate(r, prefix)
 
 
-def loss(value) -> str:
-    """Losses span orders of magnitude: 4 significant digits."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
-        return "—"
-    return f"{float(value):.4g}"
-
-
-def interval(value, lo, hi, digits: int = 3, note: str = "") -> str:
-    """'0.250 [0.089, 0.532]', or the value with the reason there is no interval."""
-    if pd.isna(value):
-        return note or NO_DATA
-    if pd.isna(lo) or pd.isna(hi):
-        return f"{num(value, digits)} ({note or 'no interval'})"
-    return f"{num(value, digits)} [{num(lo, digits)}, {num(hi, digits)}]"
-
-
-def rate(row, prefix: str) -> str:
-    """'0.250 [0.089, 0.532] (3/12)' from the k, n, value, lo, hi columns of a row."""
-    n = int(row[f"{prefix}_n"])
-    if n == 0:
-        return NO_DATA
-    k = int(row[f"{prefix}_k"])
-    return f"{interval(row[prefix], row[f'{prefix}_lo'], row[f'{prefix}_hi'])} ({k}/{n})"
-
-
-def key_columns(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """The group key columns with short headers (a single 'group' column if there are none)."""
-    if not keys:
-        return pd.DataFrame({"group": frame["group"]})
-    return pd.DataFrame({SHORT_NAMES.get(k, k): frame[k] for k in keys})
-
-
-def spread_cell(row, name: str) -> str:
-    if row[f"{name}_n"] == 0:
-        return NO_DATA
-    return (
-        f"{loss(row[f'{name}_median'])} [{loss(row[f'{name}_q25'])}, "
-        f"{loss(row[f'{name}_q75'])}] / {loss(row[f'{name}_mean'])}"
+def interval_of(prefix: str, fmt: str = ".3f", noted: bool = False):
+    return lambda r: interval(
+        r[prefix], r[f"{prefix}_lo"], r[f"{prefix}_hi"], fmt, r["note"] if noted else ""
     )
 
 
-def _display(frame: pd.DataFrame, keys: list[str], columns: dict) -> pd.DataFrame:
-    """Key columns plus one formatted column per (header -> function of row)."""
+def spread_of(name: str):
+    """'median [q25, q75] / mean' of a loss, 4 significant digits (losses span decades)."""
+
+    def cell(r) -> str:
+        if r[f"{name}_n"] == 0:
+            return NO_DATA
+        q25, median, q75, mean = (
+            num(r[f"{name}_{s}"], ".4g") for s in ("q25", "median", "q75", "mean")
+        )
+        return f"{median} [{q25}, {q75}] / {mean}"
+
+    return cell
+
+
+def shown(frame: pd.DataFrame, keys: list[str], columns: dict) -> pd.DataFrame:
+    """Group key columns (short headers) plus one formatted column per header -> cell maker."""
     if frame.empty:
         return pd.DataFrame()
-    shown = key_columns(frame, keys).reset_index(drop=True)
     rows = frame.reset_index(drop=True)
+    if not keys:
+        out = pd.DataFrame({"group": rows["group"]})
+    else:
+        out = pd.DataFrame({SHORT_NAMES.get(k, k): rows[k] for k in keys})
     for header, cell in columns.items():
-        shown[header] = [cell(row) for _, row in rows.iterrows()]
-    return shown
-
-
-# ---------------------------------------------------------------- sections
+        out[header] = [cell(row) for _, row in rows.iterrows()]
+    return out
 
 
 def opening(results: Results, figures: Figures) -> str:
@@ -114,60 +88,47 @@ def opening(results: Results, figures: Figures) -> str:
         title += f", sweep {loaded.sweep_id}"
     blocks = [title, findings.scope(results)]
     if "headline" in figures:
-        blocks.append(
-            figure(
-                figures["headline"],
-                "Runs with a dead hidden unit at init (95% Wilson) and final test loss of "
-                "dead (filled) vs alive (hollow) runs (median, IQR), per activation and "
-                "initializer",
-            )
+        caption = (
+            "Runs with a dead hidden unit at init (95% Wilson) and final test loss of dead "
+            "(filled) vs alive (hollow) runs (median, IQR), per activation and initializer"
         )
+        blocks.append(figure(figures["headline"], caption))
     found = findings.findings(results)
     return "\n\n".join(blocks + ([bullets(found)] if found else []))
 
 
 def data_section(results: Results) -> str:
-    loaded = results.loaded
-    outcomes = results.outcomes
+    loaded, keys = results.loaded, results.keys
     scope = f"sweep `{loaded.sweep_id}` of " if loaded.sweep_id else ""
     items = [
         f"Runs: every run tagged `deadunits.role=run` in {scope}experiment "
         f"`{loaded.experiment}` (id {loaded.experiment_id}), tracking URI "
         f"`{redact_uri(loaded.tracking_uri)}`; "
         f"{findings.plural(len(loaded.frame), 'run')} read in {loaded.load_seconds:.1f} s.",
-        "Outcomes: " + ", ".join(f"{k} {v}" for k, v in outcomes.items()) + ".",
-        "Groups: by "
-        + (", ".join(f"`{k}`" for k in results.keys) or "nothing (one group)")
-        + f"; {findings.plural(len(results.death), 'group')}.",
+        "Outcomes: " + ", ".join(f"{k} {v}" for k, v in results.outcomes.items()) + ".",
+        f"Groups: by {', '.join(f'`{k}`' for k in keys) or 'nothing (one group)'}; "
+        f"{findings.plural(len(results.death), 'group')}.",
     ]
-    if loaded.sweep_id:
-        if loaded.sweep_parent is None:
-            items.append(f"Sweep `{loaded.sweep_id}`: no parent run found.")
-        else:
-            params = loaded.sweep_parent.data.params
-            shown = ", ".join(f"{k} `{v}`" for k, v in sorted(params.items()))
-            items.append(
-                f"Sweep `{loaded.sweep_id}` parent run `{loaded.sweep_parent.info.run_id}`: "
-                f"{shown or 'no params'}."
-            )
+    parent = loaded.sweep_parent
+    if loaded.sweep_id and parent is None:
+        items.append(f"Sweep `{loaded.sweep_id}`: no parent run found.")
+    elif loaded.sweep_id:
+        params = ", ".join(f"{k} `{v}`" for k, v in sorted(parent.data.params.items()))
+        items.append(
+            f"Sweep `{loaded.sweep_id}` parent run `{parent.info.run_id}`: {params or 'no params'}."
+        )
     if results.ignored_varying:
-        items.append(
-            "Varying but not grouped on: "
-            + ", ".join(f"`{k}` ({why})" for k, why in results.ignored_varying.items())
-            + "."
-        )
-    common = {k: v for k, v in results.constant.items() if k not in results.keys}
+        ignored = ", ".join(f"`{k}` ({why})" for k, why in results.ignored_varying.items())
+        items.append(f"Varying but not grouped on: {ignored}.")
+    common = sorted((k, v) for k, v in results.constant.items() if k not in keys)
     if common:
-        items.append(
-            "Common to all runs: " + ", ".join(f"`{k}`={v}" for k, v in sorted(common.items()))
-        )
-    commits = results.loaded.frame["git_commit"].dropna().unique()
-    if len(commits):
-        items.append("Code versions: " + ", ".join(f"`{c[:10]}`" for c in sorted(commits)) + ".")
+        items.append("Common to all runs: " + ", ".join(f"`{k}`={v}" for k, v in common))
+    commits = sorted(loaded.frame["git_commit"].dropna().unique())
+    if commits:
+        items.append("Code versions: " + ", ".join(f"`{c[:10]}`" for c in commits) + ".")
     unfinished = results.unfinished
-    listed = unfinished.head(MAX_LISTED_RUNS).copy()
-    listed["diverged_epoch"] = ["" if pd.isna(v) else str(int(v)) for v in listed["diverged_epoch"]]
-    listed["error"] = ["" if pd.isna(v) else str(v) for v in listed["error"]]
+    listed = unfinished.head(MAX_LISTED_RUNS).astype(object).fillna("")
+    listed["diverged_epoch"] = listed["diverged_epoch"].astype(str)
     caption = f"Runs that did not finish ({len(unfinished)})"
     if len(unfinished) > MAX_LISTED_RUNS:
         caption += f"; first {MAX_LISTED_RUNS} shown, all in unfinished_runs.csv"
@@ -188,68 +149,49 @@ def data_section(results: Results) -> str:
 
 
 def death_section(results: Results, figures: Figures) -> str:
-    shown = _display(
-        results.death,
-        results.keys,
-        {
-            "runs": lambda r: str(r["runs"]),
-            "finished / diverged / failed+killed / running": lambda r: (
-                f"{r['finished']} / {r['diverged']} / {r['failed'] + r['killed']} / {r['running']}"
-            ),
-            "dead unit at init": lambda r: rate(r, "dead_at_init"),
-            "mean dead fraction at init": lambda r: interval(
-                r["dead_fraction"],
-                r["dead_fraction_lo"],
-                r["dead_fraction_hi"],
-                3,
-                "n=1: no interval" if r["dead_fraction_n"] == 1 else "",
-            ),
-            "collapsed at init": lambda r: rate(r, "collapse"),
-            "output dead at init": lambda r: rate(r, "output_dead"),
-            "note": lambda r: r["note"],
-        },
-    )
+    def fraction(r) -> str:
+        note = "n=1: no interval" if r["dead_fraction_n"] == 1 else ""
+        return interval(r["dead_fraction"], r["dead_fraction_lo"], r["dead_fraction_hi"], note=note)
+
+    columns = {
+        "runs": text("runs"),
+        "finished / diverged / failed+killed / running": lambda r: (
+            f"{r['finished']} / {r['diverged']} / {r['failed'] + r['killed']} / {r['running']}"
+        ),
+        "dead unit at init": rate_of("dead_at_init"),
+        "mean dead fraction at init": fraction,
+        "collapsed at init": rate_of("collapse"),
+        "output dead at init": rate_of("output_dead"),
+        "note": text("note"),
+    }
     blocks = [
         table(
-            shown,
+            shown(results.death, results.keys, columns),
             "Per group: rate [95% Wilson interval] (k/n) of runs with a dead hidden unit, a "
             "collapsed hidden layer, a dead output unit; mean dead fraction [95% Student t "
             "interval, clipped to [0, 1]]",
         )
     ]
     if "dead_rates" in figures:
-        blocks.append(
-            figure(figures["dead_rates"], "Init rates per group with 95% Wilson intervals")
-        )
+        caption = "Init rates per group with 95% Wilson intervals"
+        blocks.append(figure(figures["dead_rates"], caption))
     return section("Dead units at initialization", *blocks)
 
 
 def saturation_section(results: Results) -> str:
-    shown = _display(
-        results.saturation,
-        results.keys,
-        {
-            "saturated unit at init": lambda r: rate(r, "saturated_init"),
-            "mean saturated fraction at init": lambda r: interval(
-                r["saturated_fraction_init"],
-                r["saturated_fraction_init_lo"],
-                r["saturated_fraction_init_hi"],
-            ),
-            "saturated unit at end": lambda r: rate(r, "saturated_final"),
-            "mean saturated fraction at end": lambda r: interval(
-                r["saturated_fraction_final"],
-                r["saturated_fraction_final_lo"],
-                r["saturated_fraction_final_hi"],
-            ),
-        },
-    )
+    columns = {
+        "saturated unit at init": rate_of("saturated_init"),
+        "mean saturated fraction at init": interval_of("saturated_fraction_init"),
+        "saturated unit at end": rate_of("saturated_final"),
+        "mean saturated fraction at end": interval_of("saturated_fraction_final"),
+    }
     return section(
         "Saturation (tanh, sigmoid), apart from death",
         "A saturated unit has an activation derivative below `probe.saturation_tol` on "
         "every sample; it is not dead (its gradient is small, not zero) and is not counted "
         "in the dead columns.",
         table(
-            shown,
+            shown(results.saturation, results.keys, columns),
             "Per tanh/sigmoid group: rate of runs with a saturated hidden unit [95% Wilson] "
             "(k/n) and mean saturated fraction [95% t]",
             "no tanh or sigmoid runs",
@@ -258,72 +200,56 @@ def saturation_section(results: Results) -> str:
 
 
 def loss_section(results: Results, figures: Figures) -> str:
-    spread_columns = {
-        "runs": lambda r: str(r["train_n"]),
-        "final train loss: median [IQR] / mean": lambda r: spread_cell(r, "train"),
-        "final test loss: median [IQR] / mean": lambda r: spread_cell(r, "test"),
+    keys = results.keys
+    spreads = {
+        "runs": text("train_n"),
+        "final train loss: median [IQR] / mean": spread_of("train"),
+        "final test loss: median [IQR] / mean": spread_of("test"),
     }
-    by_dead = _display(
-        results.loss_by_dead, results.keys, {"at init": lambda r: r["at_init"], **spread_columns}
-    )
-    by_count = _display(
-        results.loss_by_count,
-        results.keys,
-        {"dead units at init": lambda r: str(r["dead_units"]), **spread_columns},
-    )
-    cost = _display(
-        results.cost,
-        results.keys,
-        {
-            "dead / alive runs": lambda r: f"{r['dead_n']} / {r['alive_n']}",
-            "train loss cost": lambda r: interval(
-                r["train_cost"], r["train_cost_lo"], r["train_cost_hi"], 4, r["note"]
-            ),
-            "test loss cost": lambda r: interval(
-                r["test_cost"], r["test_cost_lo"], r["test_cost_hi"], 4, r["note"]
-            ),
-        },
-    )
-    correlation = results.correlation
-    rho = _display(
-        correlation,
-        results.keys,
-        {
-            "runs": lambda r: str(r["rho_test_n"]),
-            "rho (dead fraction, final train loss)": lambda r: interval(
-                r["rho_train"], r["rho_train_lo"], r["rho_train_hi"], 3, r["note"]
-            ),
-            "rho (dead fraction, final test loss)": lambda r: interval(
-                r["rho_test"], r["rho_test_lo"], r["rho_test_hi"], 3, r["note"]
-            ),
-        },
-    )
-    if not rho.empty:
+    cost = {
+        "dead / alive runs": lambda r: f"{r['dead_n']} / {r['alive_n']}",
+        "train loss cost": interval_of("train_cost", ".4f", noted=True),
+        "test loss cost": interval_of("test_cost", ".4f", noted=True),
+    }
+    rho = {
+        "runs": text("rho_test_n"),
+        "rho (dead fraction, final train loss)": interval_of("rho_train", noted=True),
+        "rho (dead fraction, final test loss)": interval_of("rho_test", noted=True),
+    }
+    correlation = shown(results.correlation, keys, rho)
+    if not correlation.empty:
         # The pooled row has blank keys: name it in the first key column.
-        pooled = np.asarray(correlation["group"] == findings.POOLED)
-        rho.loc[pooled, rho.columns[0]] = findings.POOLED
+        pooled = (results.correlation["group"] == findings.POOLED).to_numpy()
+        correlation.loc[pooled, correlation.columns[0]] = findings.POOLED
     blocks = [
-        table(by_dead, "Finished runs with and without a dead hidden unit at init", NO_DATA),
-        table(by_count, "Finished runs by number of dead hidden units at init", NO_DATA),
         table(
-            cost,
+            shown(results.loss_by_dead, keys, {"at init": text("at_init"), **spreads}),
+            "Finished runs with and without a dead hidden unit at init",
+            NO_DATA,
+        ),
+        table(
+            shown(
+                results.loss_by_count, keys, {"dead units at init": text("dead_units"), **spreads}
+            ),
+            "Finished runs by number of dead hidden units at init",
+            NO_DATA,
+        ),
+        table(
+            shown(results.cost, keys, cost),
             "Loss cost of a dead unit: median final loss of dead-at-init runs minus alive runs "
             "[95% percentile bootstrap, 2000 resamples]",
             NO_DATA,
         ),
         table(
-            rho,
+            correlation,
             "Spearman rank correlation of dead fraction at init with final loss [95% Fisher z "
             "interval, variance 1.06/(n-3)]",
             NO_DATA,
         ),
     ]
     if "loss_vs_dead" in figures:
-        blocks.append(
-            figure(
-                figures["loss_vs_dead"], "Final loss against dead fraction at init, finished runs"
-            )
-        )
+        caption = "Final loss against dead fraction at init, finished runs"
+        blocks.append(figure(figures["loss_vs_dead"], caption))
     return section("Dead units and final loss", *blocks)
 
 
@@ -349,33 +275,29 @@ def curves_section(figures: Figures, info: CurveInfo) -> str:
 
 
 def transitions_section(results: Results) -> str:
-    shown = _display(
-        results.transitions,
-        results.keys,
-        {
-            "finished runs": lambda r: str(r["transition_n"]),
-            "dead->dead": lambda r: str(r["dead_dead"]),
-            "dead->alive (revived)": lambda r: str(r["dead_alive"]),
-            "alive->dead (died in training)": lambda r: str(r["alive_dead"]),
-            "alive->alive": lambda r: str(r["alive_alive"]),
-            "dead units at init / end": lambda r: (
-                f"{r['dead_units_init_total']} / {r['dead_units_final_total']}"
-            ),
-            "net change (mean per run)": lambda r: (
-                f"{r['net_change']:+d} ({num(r['mean_change'], 2)})"
-            ),
-            "runs gaining / losing dead units": lambda r: (
-                f"{r['runs_gaining']} / {r['runs_losing']}"
-            ),
-        },
-    )
+    columns = {
+        "finished runs": text("transition_n"),
+        "dead->dead": text("dead_dead"),
+        "dead->alive (revived)": text("dead_alive"),
+        "alive->dead (died in training)": text("alive_dead"),
+        "alive->alive": text("alive_alive"),
+        "dead units at init / end": lambda r: (
+            f"{r['dead_units_init_total']} / {r['dead_units_final_total']}"
+        ),
+        "net change (mean per run)": lambda r: (
+            f"{r['net_change']:+d} ({num(r['mean_change'], '.2f')})"
+        ),
+        "runs gaining / losing dead units": lambda r: f"{r['runs_gaining']} / {r['runs_losing']}",
+    }
     return section(
         "What training does to dead units",
         "A run counts as dead at init (or at the end) when it has at least one dead hidden "
         "unit then. dead->alive: training revived every dead unit; alive->dead: units died "
         "during training. The net change counts units (dead at end minus dead at init), so "
         "a run that revives one unit and loses another shows 0.",
-        table(shown, "Finished runs per group", NO_DATA),
+        table(
+            shown(results.transitions, results.keys, columns), "Finished runs per group", NO_DATA
+        ),
     )
 
 
@@ -389,42 +311,39 @@ def theory_section(results: Results, figures: Figures) -> str:
         "P(output dead) = (1 + P(collapse)) / 2, which is 5/8 for one hidden layer of 2. "
         "Eligible groups: activation relu, `model.bias_init` 0, `data.low` >= 0."
     ]
-    theory = results.theory
 
-    def check(row, name: str) -> str:
-        if pd.isna(row.get(f"{name}_theory")):
-            return "n/a (output not ReLU)"
-        flag = " **theory outside interval**" if row[f"{name}_outside"] else ""
-        return f"{num(row[f'{name}_theory'])} vs {rate(row, name)}{flag}"
+    def check(name: str):
+        def cell(r) -> str:
+            if pd.isna(r.get(f"{name}_theory")):
+                return "n/a (output not ReLU)"
+            flag = " **theory outside interval**" if r[f"{name}_outside"] else ""
+            return f"{num(r[f'{name}_theory'])} vs {rate(r, name)}{flag}"
 
-    if theory.empty:
+        return cell
+
+    if results.theory.empty:
         blocks.append("No group meets these conditions.")
     else:
-        shown = _display(
-            theory,
-            results.keys,
-            {
-                "hidden sizes": lambda r: r["hidden_sizes"],
-                "collapse: theory vs measured": lambda r: check(r, "collapse"),
-                "some unit dead: theory vs measured": lambda r: check(r, "dead_at_init"),
-                "output dead: theory vs measured": lambda r: check(r, "output_dead"),
-            },
-        )
-        counts = _display(
-            results.dead_counts,
-            results.keys,
-            {
-                "hidden sizes": lambda r: r["hidden_sizes"],
-                "dead units k": lambda r: str(r["dead_units"]),
-                "P(k dead) theory": lambda r: num(r["theory"]),
-                "measured share": lambda r: rate(r, "share"),
-                "flag": lambda r: "theory outside interval" if r["outside"] else "",
-            },
-        )
+        versus = {
+            "hidden sizes": text("hidden_sizes"),
+            "collapse: theory vs measured": check("collapse"),
+            "some unit dead: theory vs measured": check("dead_at_init"),
+            "output dead: theory vs measured": check("output_dead"),
+        }
+        counts = {
+            "hidden sizes": text("hidden_sizes"),
+            "dead units k": text("dead_units"),
+            "P(k dead) theory": lambda r: num(r["theory"]),
+            "measured share": rate_of("share"),
+            "flag": lambda r: "theory outside interval" if r["outside"] else "",
+        }
         blocks += [
-            table(shown, "Closed form vs measured rate [95% Wilson] (k/n)"),
             table(
-                counts,
+                shown(results.theory, results.keys, versus),
+                "Closed form vs measured rate [95% Wilson] (k/n)",
+            ),
+            table(
+                shown(results.dead_counts, results.keys, counts),
                 "Number of dead hidden units at init, nets of at most 6 hidden units "
                 "(one layer of 2: 1/4, 1/2, 1/4)",
                 "no eligible net with at most 6 hidden units",
@@ -435,38 +354,29 @@ def theory_section(results: Results, figures: Figures) -> str:
             "independent confirmations. A 95% interval also misses the truth 1 time in 20.",
         ]
     if "collapse_theory" in figures:
-        blocks.append(
-            figure(
-                figures["collapse_theory"],
-                "Born dead (a hidden layer collapsed at init) against depth per width, "
-                "measured beside the closed form, `rai` as its own arm (hollow squares); "
-                "right: every group the closed form covers",
-            )
+        caption = (
+            "Born dead (a hidden layer collapsed at init) against depth per width, measured "
+            "beside the closed form, `rai` as its own arm (hollow squares); right: every "
+            "group the closed form covers"
         )
+        blocks.append(figure(figures["collapse_theory"], caption))
     return section("Theory beside measurement", *blocks)
 
 
-def methods_section() -> str:
-    return section(
-        "Methods",
-        bullets(
-            [
-                "Rates: Wilson score 95% interval (scipy.stats.binomtest). With n=1 it is "
-                "still defined (and wide).",
-                "Mean dead fraction: Student t 95% interval, clipped to [0, 1]; none for n=1; "
-                "zero width when every run has the same fraction (the rate's Wilson interval "
-                "still shows the uncertainty).",
-                "Loss cost: median difference, 95% percentile bootstrap (scipy.stats.bootstrap, "
-                "2000 resamples, seed 0), none when a side has fewer than 2 runs.",
-                "Spearman rho (scipy.stats.spearmanr, average ranks for ties); Fisher z "
-                "interval with variance 1.06/(n-3); undefined when the dead fraction or the "
-                "loss is constant.",
-                "Dead unit (as the pipeline logs it): the activation's derivative is zero at the "
-                "unit's pre-activation for every training sample; a collapsed layer has every "
-                "unit dead, which makes the network's output constant.",
-            ]
-        ),
-    )
+METHODS = [
+    "Rates: Wilson score 95% interval (scipy.stats.binomtest). With n=1 it is still defined "
+    "(and wide).",
+    "Mean dead fraction: Student t 95% interval, clipped to [0, 1]; none for n=1; zero width "
+    "when every run has the same fraction (the rate's Wilson interval still shows the "
+    "uncertainty).",
+    "Loss cost: median difference, 95% percentile bootstrap (scipy.stats.bootstrap, 2000 "
+    "resamples, seed 0), none when a side has fewer than 2 runs.",
+    "Spearman rho (scipy.stats.spearmanr, average ranks for ties); Fisher z interval with "
+    "variance 1.06/(n-3); undefined when the dead fraction or the loss is constant.",
+    "Dead unit (as the pipeline logs it): the activation's derivative is zero at the unit's "
+    "pre-activation for every training sample; a collapsed layer has every unit dead, which "
+    "makes the network's output constant.",
+]
 
 
 def build_markdown(results: Results, figures: Figures, curves: CurveInfo) -> str:
@@ -480,6 +390,6 @@ def build_markdown(results: Results, figures: Figures, curves: CurveInfo) -> str
         curves_section(figures, curves),
         transitions_section(results),
         theory_section(results, figures),
-        methods_section(),
+        section("Methods", bullets(METHODS)),
     ]
     return "\n\n".join(parts) + "\n"
