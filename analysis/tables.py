@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -52,14 +53,8 @@ EXPECTED_METRICS = (
     "collapsed_init",
     "collapsed_final",
 )
-INIT_METRICS = (
-    "dead_units_init",
-    "dead_fraction_init",
-    "saturated_units_init",
-    "hidden_units",
-    "output_dead_init",
-    "collapsed_init",
-)
+# What a diverged run still carries: its probe at init.
+INIT_METRICS = tuple(m for m in EXPECTED_METRICS if m.endswith("_init") or m == "hidden_units")
 _SEED_LIKE = re.compile(r"(^|[._])seed$|_seed$")
 # Settings that do not change a run's result (the pipeline leaves them out of config_key):
 # never group keys, so e.g. a re-run with force=true pools with the original runs.
@@ -284,32 +279,18 @@ def saturation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         activation = runs[ACTIVATION].iloc[0] if ACTIVATION in runs else None
         if pd.isna(activation) or activation not in SATURATING:
             continue
-        at_init, at_end = init_runs(runs), finished_runs(runs)
-        rows.append(
-            {
-                **_row(label, values),
-                **_estimate_columns("saturated_init", _saturated_runs(at_init, "init")),
-                **_estimate_columns(
-                    "saturated_fraction_init", _saturated_fraction(at_init, "init"), False
-                ),
-                **_estimate_columns("saturated_final", _saturated_runs(at_end, "final")),
-                **_estimate_columns(
-                    "saturated_fraction_final", _saturated_fraction(at_end, "final"), False
-                ),
-            }
-        )
+        row = _row(label, values)
+        for when, sample in (("init", init_runs(runs)), ("final", finished_runs(runs))):
+            counts = floats(sample, f"saturated_units_{when}")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fraction = counts / floats(sample, "hidden_units")
+            saturated = stats.proportion(np.where(np.isnan(counts), np.nan, counts > 0))
+            row |= _estimate_columns(f"saturated_{when}", saturated)
+            row |= _estimate_columns(
+                f"saturated_fraction_{when}", stats.mean_t_interval(fraction), False
+            )
+        rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _saturated_runs(runs: pd.DataFrame, when: str) -> stats.Estimate:
-    counts = floats(runs, f"saturated_units_{when}")
-    return stats.proportion(np.where(np.isnan(counts), np.nan, counts > 0))
-
-
-def _saturated_fraction(runs: pd.DataFrame, when: str) -> stats.Estimate:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fraction = floats(runs, f"saturated_units_{when}") / floats(runs, "hidden_units")
-    return stats.mean_t_interval(fraction)
 
 
 # ---------------------------------------------------------------- final loss
@@ -318,15 +299,12 @@ def _saturated_fraction(runs: pd.DataFrame, when: str) -> stats.Estimate:
 LOSSES = (("train", "final_train_loss"), ("test", "final_test_loss"))
 
 
-def _loss_columns(runs: pd.DataFrame) -> dict:
+def _loss_columns(runs: pd.DataFrame, metrics=LOSSES) -> dict:
+    """{name}_n, _median, _q25, _q75, _mean of each (name, metric)."""
     columns = {}
-    for name, metric in LOSSES:
-        spread = stats.spread(floats(runs, metric))
-        columns[f"{name}_n"] = spread.n
-        columns[f"{name}_median"] = spread.median
-        columns[f"{name}_q25"] = spread.q25
-        columns[f"{name}_q75"] = spread.q75
-        columns[f"{name}_mean"] = spread.mean
+    for name, metric in metrics:
+        spread = asdict(stats.spread(floats(runs, metric)))
+        columns |= {f"{name}_{k}": v for k, v in spread.items()}
     return columns
 
 
@@ -529,9 +507,7 @@ def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {**_row(label, values), **_estimate_columns("dead_at_init", dead)}
         for name, flag in (("dead", True), ("alive", False)):
             subset = finished[finished["dead_at_init"].fillna(not flag) == flag]
-            spread = stats.spread(floats(subset, "final_test_loss"))
-            row |= {f"{name}_n": spread.n, f"{name}_median": spread.median}
-            row |= {f"{name}_q25": spread.q25, f"{name}_q75": spread.q75}
+            row |= _loss_columns(subset, [(name, "final_test_loss")])
         rows.append(row)
     return pd.DataFrame(rows)
 
