@@ -8,9 +8,7 @@ import pandas as pd
 
 from analysis.compute import Results
 from analysis.render import interval, rate
-from analysis.tables import ACTIVATION
-
-POOLED = "all groups pooled"
+from analysis.tables import ACTIVATION, POOLED
 
 
 def plural(n, noun: str) -> str:

@@ -10,7 +10,7 @@ import pandas as pd
 from analysis import findings
 from analysis.compute import Results
 from analysis.render import NO_DATA, figure, interval, num, rate, table
-from analysis.tables import SHORT_NAMES
+from analysis.tables import POOLED, SHORT_NAMES
 from pipeline.store import redact_uri
 
 MAX_LISTED_RUNS = 100
@@ -219,8 +219,8 @@ def loss_section(results: Results, figures: Figures) -> str:
     correlation = shown(results.correlation, keys, rho)
     if not correlation.empty:
         # The pooled row has blank keys: name it in the first key column.
-        pooled = (results.correlation["group"] == findings.POOLED).to_numpy()
-        correlation.loc[pooled, correlation.columns[0]] = findings.POOLED
+        pooled = (results.correlation["group"] == POOLED).to_numpy()
+        correlation.loc[pooled, correlation.columns[0]] = POOLED
     blocks = [
         table(
             shown(results.loss_by_dead, keys, {"at init": text("at_init"), **spreads}),

@@ -30,6 +30,7 @@ ALWAYS_GROUPED = (ACTIVATION, INIT)
 # Order group keys by how much they matter to deadness, then alphabetically.
 KEY_ORDER = (ACTIVATION, INIT, HIDDEN, BIAS, OUTPUT_ACTIVATION, DATA_LOW)
 SATURATING = ("tanh", "sigmoid")
+POOLED = "all groups pooled"  # the correlation row over every run
 INIT_OUTCOMES = ("finished", "diverged")
 SHORT_NAMES = {
     ACTIVATION: "activation",
@@ -361,7 +362,7 @@ def correlation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Spearman rho of dead fraction at init vs final loss, per group and pooled."""
     groups = list(iter_groups(frame, keys))
     if len(groups) > 1:
-        groups.append(("all groups pooled", {k: "" for k in keys}, frame))
+        groups.append((POOLED, {k: "" for k in keys}, frame))
     rows = []
     for label, values, runs in groups:
         finished = finished_runs(runs)
@@ -558,7 +559,7 @@ def summary_table(
     parts = [
         (cost, "cost"),
         (transitions, "training"),
-        (correlation[correlation["group"] != "all groups pooled"], "rank"),
+        (correlation[correlation["group"] != POOLED], "rank"),
         (theory_rows, "theory"),
     ]
     for part, tag in parts:
