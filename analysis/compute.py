@@ -31,6 +31,8 @@ class Results:
     transitions: pd.DataFrame
     theory: pd.DataFrame
     dead_counts: pd.DataFrame
+    collapse: pd.DataFrame
+    headline: pd.DataFrame
     summary: pd.DataFrame
 
 
@@ -72,5 +74,7 @@ def compute(loaded: LoadedRuns) -> Results:
         transitions=transitions,
         theory=theory_rows,
         dead_counts=tables.dead_count_theory_table(frame, keys),
+        collapse=tables.collapse_table(frame, keys),
+        headline=tables.headline_table(frame),
         summary=tables.summary_table(death, cost, transitions, correlation, theory_rows, keys),
     )

@@ -40,7 +40,7 @@ class LoadedRuns:
     tracking_uri: str
     sweep_id: str | None = None
     load_seconds: float = 0.0
-    sweep_params: dict[str, str] | None = None  # the sweep parent's params; None: not found
+    sweep_parent: object | None = None  # the sweep's parent run (mlflow Run); None: not found
 
 
 def connect(tracking_uri: str | None = None):
@@ -146,65 +146,63 @@ def _bool_tag(values: pd.Series) -> pd.Series:
     return values.str.lower().map({"true": True, "false": False}).astype("boolean")
 
 
+# Run columns read from tags: column -> tag.
+TAG_COLUMNS = {
+    "sweep_id": "sweep_id",
+    "parent_run_id": "mlflow.parentRunId",
+    "engine": "engine",
+    "config_key": "config_key",
+    "git_commit": "mlflow.source.git.commit",
+    "dead_at_init_tag": "dead_at_init",
+    "diverged_tag": "diverged",
+    "diverged_epoch": "diverged_epoch",
+    "error": "error",
+}
+RUN_COLUMNS = ["run_id", "run_name", "status", "start_time", "end_time", *TAG_COLUMNS]
+
+
 def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
     """One row per run: identity, outcome, typed config params, typed metrics."""
-    records, params, metrics = [], [], []
-    for run in runs:
-        tags = run.data.tags
-        records.append(
-            {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name or tags.get("mlflow.runName", ""),
-                "status": run.info.status,
-                "start_time": run.info.start_time,
-                "end_time": run.info.end_time,
-                "sweep_id": tags.get("sweep_id"),
-                "parent_run_id": tags.get("mlflow.parentRunId"),
-                "engine": tags.get("engine"),
-                "config_key": tags.get("config_key"),
-                "git_commit": tags.get("mlflow.source.git.commit"),
-                "dead_at_init_tag": tags.get("dead_at_init"),
-                "diverged_tag": tags.get("diverged"),
-                "diverged_epoch": tags.get("diverged_epoch"),
-                "error": tags.get("error"),
-            }
+    records = [
+        (
+            run.info.run_id,
+            run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+            run.info.status,
+            run.info.start_time,
+            run.info.end_time,
+            *(run.data.tags.get(tag) for tag in TAG_COLUMNS.values()),
         )
-        params.append(run.data.params)
-        metrics.append(run.data.metrics)
-    base = pd.DataFrame.from_records(records, columns=_IDENTITY_COLUMNS)
-    param_frame = pd.DataFrame.from_records(params, index=base.index).astype("object")
-    metric_frame = pd.DataFrame.from_records(metrics, index=base.index)
+        for run in runs
+    ]
+    frame = pd.DataFrame.from_records(records, columns=RUN_COLUMNS)
+    param_frame = pd.DataFrame.from_records([r.data.params for r in runs], index=frame.index)
+    metric_frame = pd.DataFrame.from_records([r.data.metrics for r in runs], index=frame.index)
     # A parameter named like a run column or a metric keeps its data under a prefix.
-    taken = set(base.columns) | set(metric_frame.columns) | set(_DERIVED_COLUMNS)
+    taken = set(frame.columns) | set(metric_frame.columns) | set(_DERIVED_COLUMNS)
     param_frame.columns = [f"param:{c}" if c in taken else c for c in param_frame.columns]
 
-    frame = base.copy()
-    frame["start_time"] = pd.to_datetime(frame["start_time"], unit="ms", utc=True)
-    frame["end_time"] = pd.to_datetime(frame["end_time"], unit="ms", utc=True)
-    frame["diverged"] = _bool_tag(frame.pop("diverged_tag").astype("string")).fillna(False)
-    frame["diverged"] = frame["diverged"].astype(bool)
-    frame["diverged_epoch"] = pd.to_numeric(frame["diverged_epoch"], errors="coerce").astype(
-        "Int64"
-    )
-    frame["outcome"] = [
-        outcome_of(s, d) for s, d in zip(frame["status"], frame["diverged"], strict=True)
-    ]
-    for column in ["run_id", "run_name", "status", "outcome", "sweep_id", "parent_run_id"]:
-        frame[column] = frame[column].astype("string")
-    for column in ["engine", "config_key", "git_commit", "error"]:
+    for column in ("start_time", "end_time"):
+        frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True)
+    diverged = _bool_tag(frame.pop("diverged_tag").astype("string"))
+    frame["diverged"] = diverged.fillna(False).astype(bool)
+    frame["diverged_epoch"] = pd.to_numeric(frame["diverged_epoch"], errors="coerce")
+    frame["diverged_epoch"] = frame["diverged_epoch"].astype("Int64")
+    frame["outcome"] = list(map(outcome_of, frame["status"], frame["diverged"]))
+    text = ["run_id", "run_name", "status", "outcome", "sweep_id", "parent_run_id", "engine"]
+    for column in (*text, "config_key", "git_commit", "error"):
         frame[column] = frame[column].astype("string")
 
     param_columns = sorted(param_frame.columns)
     for column in param_columns:
-        frame[column] = typed_param(param_frame[column].astype("string"))
+        frame[column] = typed_param(param_frame[column].astype("object").astype("string"))
     metric_columns = sorted(metric_frame.columns)
     for column in metric_columns:
         frame[column] = typed_metric(column, metric_frame[column])
 
     # The tag is the pipeline's own verdict; the metric covers runs logged without it.
     from_tag = _bool_tag(frame.pop("dead_at_init_tag").astype("string"))
-    from_metric = _positive(frame, "dead_units_init")
-    frame["dead_at_init"] = from_tag.fillna(from_metric).astype("boolean")
+    frame["dead_at_init"] = from_tag.fillna(_positive(frame, "dead_units_init"))
+    frame["dead_at_init"] = frame["dead_at_init"].astype("boolean")
     frame["dead_at_end"] = _positive(frame, "dead_units_final")
     sizes = frame.get("model.hidden_sizes", pd.Series(None, index=frame.index, dtype="string"))
     parsed = [parse_hidden_sizes(v) for v in sizes]
@@ -215,22 +213,6 @@ def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
     return frame, param_columns, metric_columns
 
 
-_IDENTITY_COLUMNS = [
-    "run_id",
-    "run_name",
-    "status",
-    "start_time",
-    "end_time",
-    "sweep_id",
-    "parent_run_id",
-    "engine",
-    "config_key",
-    "git_commit",
-    "dead_at_init_tag",
-    "diverged_tag",
-    "diverged_epoch",
-    "error",
-]
 _DERIVED_COLUMNS = ["outcome", "diverged", "dead_at_init", "dead_at_end", "depth", "width"]
 
 
@@ -252,7 +234,7 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
             raise AnalysisError(f"no runs with sweep_id '{sweep_id}' in experiment '{experiment}'")
         raise AnalysisError(f"experiment '{experiment}' has no training runs (tag {ROLE_TAG}=run)")
     frame, params, metrics = runs_to_frame(runs)
-    sweep_params = sweep_parent_params(client, found.experiment_id, sweep_id) if sweep_id else None
+    parent = sweep_parent(client, found.experiment_id, sweep_id) if sweep_id else None
     return LoadedRuns(
         frame=frame,
         param_columns=params,
@@ -262,15 +244,15 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
         tracking_uri=uri,
         sweep_id=sweep_id,
         load_seconds=time.perf_counter() - started,
-        sweep_params=sweep_params,
+        sweep_parent=parent,
     )
 
 
-def sweep_parent_params(client, experiment_id: str, sweep_id: str) -> dict[str, str] | None:
-    """Params of the sweep's parent run (overrides, job_count), None if there is none."""
+def sweep_parent(client, experiment_id: str, sweep_id: str):
+    """The sweep's parent run (params overrides, job_count, ...), None if there is none."""
     query = f"tags.`{ROLE_TAG}` = 'sweep' AND tags.sweep_id = '{sweep_id}'"
     parents = client.search_runs([experiment_id], query, max_results=1)
-    return dict(parents[0].data.params) if parents else None
+    return parents[0] if parents else None
 
 
 HISTORY_CHUNK = 500  # run ids per SQL query; well below SQLite's bound-variable limit

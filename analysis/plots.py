@@ -169,54 +169,126 @@ def plot_loss_curves(curves: pd.DataFrame, groups: list[str], path: Path) -> Pat
     return _save(figure, path)
 
 
-def plot_collapse_theory(theory_rows: pd.DataFrame, path: Path) -> Path:
-    """Measured collapse rate (Wilson 95%) against 1 - (1 - 2**-N)**H over depth, per width,
-    and for every eligible group measured against predicted."""
+MARKERS = "osD^vPX*hp<>"
+
+
+def plot_headline(headline: pd.DataFrame, path: Path) -> Path:
+    """The report's answer: runs with a dead hidden unit at init per activation x initializer
+    (Wilson 95%), beside the final test loss of dead and alive runs (median and IQR)."""
+    act = headline.get("model.activation", pd.Series("all runs", index=headline.index))
+    init = headline.get("init.name", pd.Series("(init not logged)", index=headline.index))
+    activations, inits = list(dict.fromkeys(act)), sorted(set(init))
+    step = 0.8 / len(inits)
+    x = np.array([activations.index(a) for a in act], dtype=float)
+    x += step * (np.array([inits.index(i) for i in init]) - (len(inits) - 1) / 2)
+    figure = Figure(figsize=(13, 4.4))
+    rates, losses = figure.subplots(1, 2)
+    for j, name in enumerate(inits):
+        rows, style = np.asarray(init == name), {"color": f"C{j % 10}", "capsize": 2, "ms": 5}
+        marker = MARKERS[j % len(MARKERS)]
+        value = headline["dead_at_init"][rows]
+        bars = _error_bars(
+            value, headline["dead_at_init_lo"][rows], headline["dead_at_init_hi"][rows]
+        )
+        rates.errorbar(x[rows], value, yerr=bars, fmt=marker, label=name, **style)
+        for status, shift, face in (
+            ("dead", -step / 4, f"C{j % 10}"),
+            ("alive", step / 4, "white"),
+        ):
+            median = headline[f"{status}_median"][rows]
+            bars = _error_bars(
+                median, headline[f"{status}_q25"][rows], headline[f"{status}_q75"][rows]
+            )
+            losses.errorbar(x[rows] + shift, median, yerr=bars, fmt=marker, mfc=face, **style)
+    finite = np.asarray(headline[["dead_median", "alive_median"]], dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and finite.min() > 0 and finite.max() / finite.min() > 100:
+        losses.set_yscale("log")
+    for ax in (rates, losses):
+        ax.set_xticks(range(len(activations)), activations, fontsize=8)
+        ax.set_xlim(-0.5, len(activations) - 0.5)
+        for boundary in np.arange(len(activations) - 1) + 0.5:
+            ax.axvline(boundary, color="#ddd", lw=0.8)
+        ax.grid(axis="y", alpha=0.3)
+    rates.set_ylim(-0.02, 1.02)
+    rates.set_title("runs with a dead hidden unit at init (95% Wilson interval)", fontsize=9)
+    rates.legend(fontsize=7, title="initializer", title_fontsize=7, ncol=2)
+    losses.set_title("final test loss of finished runs: median and IQR", fontsize=9)
+    losses.legend(
+        handles=[
+            Line2D([], [], marker="o", ls="", color="grey", label="dead at init"),
+            Line2D([], [], marker="o", ls="", color="grey", mfc="white", label="alive at init"),
+        ],
+        fontsize=7,
+    )
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_collapse_theory(collapse: pd.DataFrame, theory_rows: pd.DataFrame, path: Path) -> Path:
+    """Born dead (a hidden layer collapsed at init) against depth, one colour per width:
+    measured with Wilson 95% intervals beside 1 - (1 - 2**-N)**H, asymmetric initializers
+    (rai) as their own arm; and every group the closed form covers, measured vs predicted."""
     figure = Figure(figsize=(12, 4.6))
     by_depth, calibration = figure.subplots(1, 2)
-    equal = theory_rows[theory_rows["width"].notna()]
-    max_depth = int(max(theory_rows["depth"].max(), 1)) if len(theory_rows) else 1
-    depths = np.arange(1, max_depth + 1)
-    for i, width in enumerate(sorted(equal["width"].unique())):
+    depths = np.arange(1, int(collapse["depth"].max()) + 1)
+    inits, widths = sorted(collapse["init"].unique()), sorted(collapse["width"].unique())
+    # Each (width, init) gets its own small shift in depth so that bars do not overlap.
+    slots = len(inits) * len(widths)
+    for i, width in enumerate(widths):
         colour = f"C{i % 10}"
         curve = theory.collapse_probability_grid([int(width)], depths)[0]
-        by_depth.plot(depths, curve, color=colour, lw=1.2, label=f"theory N={int(width)}")
-        points = equal[equal["width"] == width]
-        by_depth.errorbar(
-            np.asarray(points["depth"], dtype=float) + 0.06 * (i - 1),
-            np.asarray(points["collapse"], dtype=float),
-            yerr=_error_bars(points["collapse"], points["collapse_lo"], points["collapse_hi"]),
+        by_depth.plot(depths, curve, color=colour, lw=1.2, label=f"N={int(width)}")
+        for j, init in enumerate(inits):
+            points = collapse[(collapse["width"] == width) & (collapse["init"] == init)]
+            if points.empty:
+                continue
+            points = points.sort_values("depth")
+            symmetric = bool(points["symmetric"].iloc[0])
+            by_depth.errorbar(
+                np.asarray(points["depth"], dtype=float)
+                + 0.5 * ((i * len(inits) + j + 0.5) / slots - 0.5),
+                np.asarray(points["collapse"], dtype=float),
+                yerr=_error_bars(points["collapse"], points["collapse_lo"], points["collapse_hi"]),
+                fmt="o" if symmetric else "s--",
+                mfc=colour if symmetric else "white",
+                color=colour,
+                ms=4,
+                capsize=2,
+                lw=1,
+            )
+    handles, _ = by_depth.get_legend_handles_labels()
+    handles += [
+        Line2D([], [], color="black", lw=1.2, label="closed form 1 - (1 - 2^-N)^H"),
+        Line2D([], [], color="black", marker="o", ls="", label="measured, symmetric init"),
+        Line2D([], [], color="black", marker="s", ls="--", mfc="white", label="measured, rai"),
+    ]
+    by_depth.legend(handles=handles, fontsize=7)
+    by_depth.set_xticks(depths)
+    by_depth.set_xlabel("hidden layers H")
+    by_depth.set_ylabel("P(born dead: a hidden layer collapsed at init)")
+    by_depth.set_ylim(-0.02, 1.02)
+    by_depth.set_title("bias-free ReLU, equal widths N (95% Wilson intervals)", fontsize=9)
+    by_depth.grid(alpha=0.3)
+    calibration.plot([0, 1], [0, 1], color="grey", lw=1, label="measured = theory")
+    if not theory_rows.empty:
+        calibration.errorbar(
+            np.asarray(theory_rows["collapse_theory"], dtype=float),
+            np.asarray(theory_rows["collapse"], dtype=float),
+            yerr=_error_bars(
+                theory_rows["collapse"], theory_rows["collapse_lo"], theory_rows["collapse_hi"]
+            ),
             fmt="o",
-            color=colour,
             ms=4,
             capsize=2,
-            label=f"measured N={int(width)}",
+            color="black",
+            label="group (95% Wilson)",
         )
-    by_depth.set_xlabel("hidden layers H")
-    by_depth.set_ylabel("P(collapse at init)")
-    by_depth.set_ylim(0, 1)
-    by_depth.set_title("equal-width nets: measured vs 1 - (1 - 2^-N)^H", fontsize=9)
-    by_depth.grid(alpha=0.3)
-    if len(equal):
-        by_depth.legend(fontsize=7)
-    calibration.plot([0, 1], [0, 1], color="grey", lw=1, label="measured = theory")
-    calibration.errorbar(
-        np.asarray(theory_rows["collapse_theory"], dtype=float),
-        np.asarray(theory_rows["collapse"], dtype=float),
-        yerr=_error_bars(
-            theory_rows["collapse"], theory_rows["collapse_lo"], theory_rows["collapse_hi"]
-        ),
-        fmt="o",
-        ms=4,
-        capsize=2,
-        color="black",
-        label="group (95% Wilson)",
-    )
     calibration.set_xlim(0, 1)
     calibration.set_ylim(0, 1)
     calibration.set_xlabel("closed form")
     calibration.set_ylabel("measured")
-    calibration.set_title("every eligible group", fontsize=9)
+    calibration.set_title("every group the closed form covers", fontsize=9)
     calibration.grid(alpha=0.3)
     calibration.legend(fontsize=7)
     return _save(figure, path)

@@ -1,123 +1,90 @@
-"""Documents to Markdown (figures linked) and self-contained HTML (figures inlined)."""
+"""Cell formats and Markdown helpers, and the one Markdown -> self-contained HTML
+conversion (markdown-it)."""
 
 from __future__ import annotations
 
 import base64
 import html
-import re
+from pathlib import Path
 
-from analysis.blocks import Bullets, Document, Figure, Paragraph, Table
+import pandas as pd
+from markdown_it import MarkdownIt
 
 CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 1em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.6em 0 1.4em; font-size: 0.82em; }
+h1 { border-bottom: 2px solid #444; margin-bottom: 0.3em; }
+h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.3em 0 1.4em; font-size: 0.82em;
+        display: block; overflow-x: auto; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; vertical-align: top; }
 th { background: #f0f0f0; } td:first-child, th:first-child { text-align: left; }
-caption { caption-side: top; text-align: left; font-style: italic; padding: 0.3em 0; }
-figure { margin: 1em 0 2em; } figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-style: italic; font-size: 0.9em; }
-.empty { color: #777; font-style: italic; }
-.scroll { overflow-x: auto; }
+img { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
-# ---------------------------------------------------------------- markdown
+NO_DATA = "no data"
 
 
-def _md_cell(value) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def num(value, fmt: str = ".3f") -> str:
+    """A number in `fmt`; a dash for missing."""
+    return "—" if pd.isna(value) else f"{float(value):{fmt}}"
 
 
-def markdown_table(table: Table) -> str:
-    """A pipe table, or the table's empty message in italics."""
-    lines = []
-    if table.caption:
-        lines += [f"*{table.caption}*", ""]
-    if table.frame.empty:
-        return "\n".join([*lines, f"_{table.empty_message}_"])
-    header = [_md_cell(c) for c in table.frame.columns]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" for _ in header) + "|")
-    for row in table.frame.itertuples(index=False):
-        lines.append("| " + " | ".join(_md_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+def interval(value, lo, hi, fmt: str = ".3f", note: str = "") -> str:
+    """'0.250 [0.089, 0.532]', or the value with the reason there is no interval."""
+    if pd.isna(value):
+        return note or NO_DATA
+    if pd.isna(lo) or pd.isna(hi):
+        return f"{num(value, fmt)} ({note or 'no interval'})"
+    return f"{num(value, fmt)} [{num(lo, fmt)}, {num(hi, fmt)}]"
 
 
-def to_markdown(document: Document) -> str:
-    """Markdown with figures linked by file name (they sit next to report.md)."""
-    parts = [f"# {document.title}"]
-    for section in document.sections:
-        parts.append(f"## {section.title}")
-        for block in section.blocks:
-            if isinstance(block, Paragraph):
-                parts.append(block.text)
-            elif isinstance(block, Bullets):
-                parts.append("\n".join(f"- {item}" for item in block.items))
-            elif isinstance(block, Table):
-                parts.append(markdown_table(block))
-            elif isinstance(block, Figure):
-                parts.append(f"![{block.caption}]({block.path.name})\n\n*{block.caption}*")
-    return "\n\n".join(parts) + "\n"
+def rate(row, prefix: str) -> str:
+    """'0.250 [0.089, 0.532] (3/12)' from the k, n, value, lo, hi columns of a row."""
+    if row[f"{prefix}_n"] == 0:
+        return NO_DATA
+    estimate = interval(row[prefix], row[f"{prefix}_lo"], row[f"{prefix}_hi"])
+    return f"{estimate} ({row[f'{prefix}_k']}/{row[f'{prefix}_n']})"
 
 
-# ---------------------------------------------------------------- html
-
-_CODE = re.compile(r"`([^`]+)`")
-_BOLD = re.compile(r"\*\*([^*]+)\*\*")
-
-
-def inline(text: str) -> str:
-    """Escape text, then turn the only markdown the report uses (`code`, **bold**) into tags."""
-    escaped = html.escape(text, quote=False)
-    escaped = _CODE.sub(r"<code>\1</code>", escaped)
-    return _BOLD.sub(r"<strong>\1</strong>", escaped)
+def cell(value) -> str:
+    """Text safe inside a Markdown table cell."""
+    return str(value).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
 
 
-def html_table(table: Table) -> str:
-    caption = f"<caption>{inline(table.caption)}</caption>" if table.caption else ""
-    if table.frame.empty:
-        note = f'<p class="empty">{inline(table.empty_message)}</p>'
-        return (f"<p><em>{inline(table.caption)}</em></p>" if caption else "") + note
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in table.frame.columns)
-    body = "\n".join(
-        "<tr>" + "".join(f"<td>{inline(str(v))}</td>" for v in row) + "</tr>"
-        for row in table.frame.itertuples(index=False)
-    )
+def table(frame: pd.DataFrame, caption: str = "", empty: str = "nothing to show") -> str:
+    """A Markdown pipe table under its caption, or the caption and `empty` in italics."""
+    head = f"*{caption}*\n\n" if caption else ""
+    if frame.empty:
+        return f"{head}_{empty}_"
+    lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |"]
+    lines.append("|" + "---|" * len(frame.columns))
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(False)]
+    return head + "\n".join(lines)
+
+
+def figure(path: Path, caption: str) -> str:
+    """A figure linked by file name (it sits next to report.md) with its caption."""
+    return f"![{caption}]({path.name})\n\n*{caption}*"
+
+
+def _inline_image(self, tokens, idx, options, env) -> str:
+    """An image as a base64 data URI, so report.html opens from disk with no other file."""
+    token = tokens[idx]
+    name = token.attrGet("src")
+    data = base64.b64encode((env["folder"] / name).read_bytes()).decode("ascii")
+    alt = html.escape(self.renderInlineAsText(token.children, options, env))
+    return f'<img alt="{alt}" data-name="{html.escape(name)}" src="data:image/png;base64,{data}">'
+
+
+def to_html(markdown: str, title: str, folder: Path) -> str:
+    """One HTML page with inline CSS and the figures of `folder` embedded."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("image", _inline_image)
+    body = md.render(markdown, {"folder": folder})
     return (
-        f'<div class="scroll"><table>{caption}<thead><tr>{head}</tr></thead>'
-        f"<tbody>\n{body}\n</tbody></table></div>"
-    )
-
-
-def html_figure(figure: Figure) -> str:
-    data = base64.b64encode(figure.path.read_bytes()).decode("ascii")
-    alt = html.escape(figure.caption)
-    return (
-        f'<figure><img alt="{alt}" data-name="{html.escape(figure.path.name)}" '
-        f'src="data:image/png;base64,{data}"><figcaption>{inline(figure.caption)}'
-        "</figcaption></figure>"
-    )
-
-
-def to_html(document: Document) -> str:
-    """One HTML file with inline CSS and base64 PNGs: opens from disk, no server."""
-    body = [f"<h1>{inline(document.title)}</h1>"]
-    for section in document.sections:
-        body.append(f"<h2>{inline(section.title)}</h2>")
-        for block in section.blocks:
-            if isinstance(block, Paragraph):
-                body.append(f"<p>{inline(block.text)}</p>")
-            elif isinstance(block, Bullets):
-                items = "".join(f"<li>{inline(item)}</li>" for item in block.items)
-                body.append(f"<ul>{items}</ul>")
-            elif isinstance(block, Table):
-                body.append(html_table(block))
-            elif isinstance(block, Figure):
-                body.append(html_figure(block))
-    return (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(document.title)}</title>\n<style>{CSS}</style>\n</head>\n"
-        "<body>\n" + "\n".join(body) + "\n</body>\n</html>\n"
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n{body}</body>\n</html>\n"
     )

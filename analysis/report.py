@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from analysis import curves, plots, render
+from analysis import curves, findings, plots, render
 from analysis.compute import Results, compute
 from analysis.load import ROLE_TAG, connect, fetch_histories, load_runs
-from analysis.sections import CurveInfo, Figures, build_document
+from analysis.sections import CurveInfo, Figures, build_markdown
+from pipeline.store import redact_uri
 
 REPORT_ROLE = "report"
 FIGURE_FILES = {
+    "headline": "headline.png",
     "dead_rates": "dead_rates.png",
     "loss_vs_dead": "loss_vs_dead_fraction.png",
     "loss_curves": "loss_curves.png",
@@ -39,14 +42,15 @@ def make_figures(
     results: Results, client, out_dir: Path, per_cell: int
 ) -> tuple[Figures, CurveInfo]:
     """Draw every figure the data supports; fetch loss history for a sample of runs."""
-    figures = Figures()
+    path = {name: out_dir / file for name, file in FIGURE_FILES.items()}
+    figures: Figures = {}
+    if results.headline["dead_at_init_n"].sum() > 0:
+        figures["headline"] = plots.plot_headline(results.headline, path["headline"])
     if not results.death.empty:
-        figures.dead_rates = plots.plot_dead_rates(
-            results.death, out_dir / FIGURE_FILES["dead_rates"]
-        )
+        figures["dead_rates"] = plots.plot_dead_rates(results.death, path["dead_rates"])
     if results.outcomes["finished"]:
-        figures.loss_vs_dead = plots.plot_loss_vs_dead_fraction(
-            results.grouped, out_dir / FIGURE_FILES["loss_vs_dead"]
+        figures["loss_vs_dead"] = plots.plot_loss_vs_dead_fraction(
+            results.grouped, path["loss_vs_dead"]
         )
     info = CurveInfo(per_cell=per_cell, groups_total=len(results.death))
     groups = curves.pick_curve_groups(results.loaded.frame, results.keys)
@@ -59,15 +63,14 @@ def make_figures(
         info.runs_with_history = int(histories["run_id"].nunique())
         info.groups_plotted = len(groups)
         if info.runs_with_history:
-            figures.loss_curves = plots.plot_loss_curves(
-                curves.median_curves(histories, sample),
-                groups,
-                out_dir / FIGURE_FILES["loss_curves"],
+            figures["loss_curves"] = plots.plot_loss_curves(
+                curves.median_curves(histories, sample), groups, path["loss_curves"]
             )
-    # The depth/width figure only says something when the eligible nets differ in shape.
-    if not results.theory.empty and results.theory["hidden_sizes"].nunique() > 1:
-        figures.collapse_theory = plots.plot_collapse_theory(
-            results.theory, out_dir / FIGURE_FILES["collapse_theory"]
+    # The depth/width figure only says something when the nets differ in shape.
+    collapse = results.collapse
+    if not collapse.empty and collapse[["width", "depth"]].drop_duplicates().shape[0] > 1:
+        figures["collapse_theory"] = plots.plot_collapse_theory(
+            collapse, results.theory, path["collapse_theory"]
         )
     return figures, info
 
@@ -92,28 +95,28 @@ def write_report(
         (out / name).unlink(missing_ok=True)
 
     figures, info = make_figures(results, client, out, history_per_cell)
-    document = build_document(results, figures, info)
-    (out / "report.md").write_text(render.to_markdown(document), encoding="utf-8")
-    (out / "report.html").write_text(render.to_html(document), encoding="utf-8")
+    markdown = build_markdown(results, figures, info)
+    title = markdown.splitlines()[0].removeprefix("# ")
+    (out / "report.md").write_text(markdown, encoding="utf-8")
+    (out / "report.html").write_text(render.to_html(markdown, title, out), encoding="utf-8")
     results.summary.to_csv(out / "summary.csv", index=False)
     results.unfinished.to_csv(out / "unfinished_runs.csv", index=False)
 
-    files = [out / name for name in TEXT_FILES]
-    files += [f for f in (out / name for name in FIGURE_FILES.values()) if f.exists()]
-    run_id = log_report_run(client, results, files) if log_to_mlflow else None
+    files = [out / name for name in TEXT_FILES] + list(figures.values())
+    command = reproduce_command(loaded, out, history_per_cell)
+    run_id = log_report_run(client, results, files, command) if log_to_mlflow else None
     return ReportOutput(out, files, results, run_id)
 
 
-def build_report(
-    experiment: str,
-    out_dir: str | Path,
-    sweep_id: str | None = None,
-    tracking_uri: str | None = None,
-    log_to_mlflow: bool = True,
-) -> Path:
-    """Write the report of `experiment` (or one sweep) into `out_dir`; return report.html."""
-    output = write_report(experiment, out_dir, sweep_id, tracking_uri, log_to_mlflow)
-    return output.html
+def reproduce_command(loaded, out: Path, history_per_cell: int) -> str:
+    """The `python -m analysis` command that writes this report again."""
+    args = ["python", "-m", "analysis", "--experiment", loaded.experiment]
+    if loaded.sweep_id:
+        args += ["--sweep", loaded.sweep_id]
+    args += ["--tracking-uri", redact_uri(loaded.tracking_uri), "--out", str(out)]
+    if history_per_cell != curves.RUNS_PER_CELL:
+        args += ["--history-runs", str(history_per_cell)]
+    return shlex.join(args)
 
 
 def report_metrics(results: Results) -> dict[str, float]:
@@ -129,15 +132,32 @@ def report_metrics(results: Results) -> dict[str, float]:
     return metrics
 
 
-def log_report_run(client, results: Results, files: list[Path]) -> str:
+def report_tags(results: Results, command: str) -> dict[str, str]:
+    """The role, the sweep it covers and the run page's description (mlflow.note.content)."""
+    loaded = results.loaded
+    tags = {ROLE_TAG: REPORT_ROLE}
+    covers = f"experiment `{loaded.experiment}`"
+    if loaded.sweep_id:
+        # Not `sweep_id`: a filter on that tag alone must keep finding only the sweep's runs.
+        tags["deadunits.report.sweep_id"] = loaded.sweep_id
+        covers = f"sweep `{loaded.sweep_id}` of {covers}"
+        if loaded.sweep_parent is not None:
+            parent = loaded.sweep_parent.info.run_id
+            tags["deadunits.report.sweep_parent_run_id"] = parent
+            covers += f" (sweep parent run `{parent}`)"
+    tags["mlflow.note.content"] = (
+        f"Dead units report on {covers}: {findings.scope(results)}\n\n"
+        f"Reproduce with:\n\n    {command}\n"
+    )
+    return tags
+
+
+def log_report_run(client, results: Results, files: list[Path], command: str) -> str:
     """A run named `report` (role report) in the same experiment, files as artifacts."""
     from mlflow.entities import Metric, Param
 
     loaded = results.loaded
-    tags = {ROLE_TAG: REPORT_ROLE}
-    if loaded.sweep_id:
-        # Not `sweep_id`: a filter on that tag alone must keep finding only the sweep's runs.
-        tags["deadunits.report.sweep_id"] = loaded.sweep_id
+    tags = report_tags(results, command)
     run = client.create_run(loaded.experiment_id, run_name="report", tags=tags)
     run_id = run.info.run_id
     try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,7 @@ ALWAYS_GROUPED = (ACTIVATION, INIT)
 # Order group keys by how much they matter to deadness, then alphabetically.
 KEY_ORDER = (ACTIVATION, INIT, HIDDEN, BIAS, OUTPUT_ACTIVATION, DATA_LOW)
 SATURATING = ("tanh", "sigmoid")
+POOLED = "all groups pooled"  # the correlation row over every run
 INIT_OUTCOMES = ("finished", "diverged")
 SHORT_NAMES = {
     ACTIVATION: "activation",
@@ -52,14 +54,8 @@ EXPECTED_METRICS = (
     "collapsed_init",
     "collapsed_final",
 )
-INIT_METRICS = (
-    "dead_units_init",
-    "dead_fraction_init",
-    "saturated_units_init",
-    "hidden_units",
-    "output_dead_init",
-    "collapsed_init",
-)
+# What a diverged run still carries: its probe at init.
+INIT_METRICS = tuple(m for m in EXPECTED_METRICS if m.endswith("_init") or m == "hidden_units")
 _SEED_LIKE = re.compile(r"(^|[._])seed$|_seed$")
 # Settings that do not change a run's result (the pipeline leaves them out of config_key):
 # never group keys, so e.g. a re-run with force=true pools with the original runs.
@@ -174,11 +170,6 @@ def with_group(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     return frame.assign(group=labels)
 
 
-def group_order(frame: pd.DataFrame, keys: list[str]) -> list[str]:
-    """Group labels in table order."""
-    return [label for label, _, _ in iter_groups(frame, keys)]
-
-
 def _row(label: str, values: dict) -> dict:
     return {"group": label, **{k: format_value(v) for k, v in values.items()}}
 
@@ -289,32 +280,18 @@ def saturation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         activation = runs[ACTIVATION].iloc[0] if ACTIVATION in runs else None
         if pd.isna(activation) or activation not in SATURATING:
             continue
-        at_init, at_end = init_runs(runs), finished_runs(runs)
-        rows.append(
-            {
-                **_row(label, values),
-                **_estimate_columns("saturated_init", _saturated_runs(at_init, "init")),
-                **_estimate_columns(
-                    "saturated_fraction_init", _saturated_fraction(at_init, "init"), False
-                ),
-                **_estimate_columns("saturated_final", _saturated_runs(at_end, "final")),
-                **_estimate_columns(
-                    "saturated_fraction_final", _saturated_fraction(at_end, "final"), False
-                ),
-            }
-        )
+        row = _row(label, values)
+        for when, sample in (("init", init_runs(runs)), ("final", finished_runs(runs))):
+            counts = floats(sample, f"saturated_units_{when}")
+            with np.errstate(invalid="ignore", divide="ignore"):
+                fraction = counts / floats(sample, "hidden_units")
+            saturated = stats.proportion(np.where(np.isnan(counts), np.nan, counts > 0))
+            row |= _estimate_columns(f"saturated_{when}", saturated)
+            row |= _estimate_columns(
+                f"saturated_fraction_{when}", stats.mean_t_interval(fraction), False
+            )
+        rows.append(row)
     return pd.DataFrame(rows)
-
-
-def _saturated_runs(runs: pd.DataFrame, when: str) -> stats.Estimate:
-    counts = floats(runs, f"saturated_units_{when}")
-    return stats.proportion(np.where(np.isnan(counts), np.nan, counts > 0))
-
-
-def _saturated_fraction(runs: pd.DataFrame, when: str) -> stats.Estimate:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        fraction = floats(runs, f"saturated_units_{when}") / floats(runs, "hidden_units")
-    return stats.mean_t_interval(fraction)
 
 
 # ---------------------------------------------------------------- final loss
@@ -323,15 +300,12 @@ def _saturated_fraction(runs: pd.DataFrame, when: str) -> stats.Estimate:
 LOSSES = (("train", "final_train_loss"), ("test", "final_test_loss"))
 
 
-def _loss_columns(runs: pd.DataFrame) -> dict:
+def _loss_columns(runs: pd.DataFrame, metrics=LOSSES) -> dict:
+    """{name}_n, _median, _q25, _q75, _mean of each (name, metric)."""
     columns = {}
-    for name, metric in LOSSES:
-        spread = stats.spread(floats(runs, metric))
-        columns[f"{name}_n"] = spread.n
-        columns[f"{name}_median"] = spread.median
-        columns[f"{name}_q25"] = spread.q25
-        columns[f"{name}_q75"] = spread.q75
-        columns[f"{name}_mean"] = spread.mean
+    for name, metric in metrics:
+        spread = asdict(stats.spread(floats(runs, metric)))
+        columns |= {f"{name}_{k}": v for k, v in spread.items()}
     return columns
 
 
@@ -388,7 +362,7 @@ def correlation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """Spearman rho of dead fraction at init vs final loss, per group and pooled."""
     groups = list(iter_groups(frame, keys))
     if len(groups) > 1:
-        groups.append(("all groups pooled", {k: "" for k in keys}, frame))
+        groups.append((POOLED, {k: "" for k in keys}, frame))
     rows = []
     for label, values, runs in groups:
         finished = finished_runs(runs)
@@ -524,6 +498,50 @@ def dead_count_theory_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFram
     return pd.DataFrame(rows)
 
 
+def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per activation x initializer, pooled over other keys: the dead-at-init rate (Wilson)
+    and the final test loss of dead and of alive finished runs (median, quartiles)."""
+    rows = []
+    for label, values, runs in iter_groups(frame, [k for k in ALWAYS_GROUPED if k in frame]):
+        finished = finished_runs(runs)
+        dead = stats.proportion(np.asarray(init_runs(runs)["dead_at_init"], dtype=float))
+        row = {**_row(label, values), **_estimate_columns("dead_at_init", dead)}
+        for name, flag in (("dead", True), ("alive", False)):
+            subset = finished[finished["dead_at_init"].fillna(not flag) == flag]
+            row |= _loss_columns(subset, [(name, "final_test_loss")])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def collapse_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Collapse at init (Wilson) per group of equal-width bias-free ReLU nets on one-sign
+    inputs, symmetric initializers and asymmetric ones (rai) alike: the depth figure."""
+    rows = []
+    for label, values, runs in iter_groups(frame, keys):
+        first = runs.iloc[0]
+        sizes = parse_hidden_sizes(first.get(HIDDEN))
+        init = str(first.get(INIT))
+        if (
+            sizes is None
+            or len(set(sizes)) > 1
+            or init not in theory.SYMMETRIC_INITS | theory.ASYMMETRIC_INITS
+            or not theory.on_rays(first.get(ACTIVATION), first.get(BIAS), first.get(DATA_LOW))
+        ):
+            continue
+        collapse = stats.proportion(floats(init_runs(runs), "collapsed_init"))
+        rows.append(
+            {
+                **_row(label, values),
+                "init": init,
+                "symmetric": init in theory.SYMMETRIC_INITS,
+                "width": sizes[0],
+                "depth": len(sizes),
+                **_estimate_columns("collapse", collapse),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 # ---------------------------------------------------------------- summary
 
 
@@ -541,7 +559,7 @@ def summary_table(
     parts = [
         (cost, "cost"),
         (transitions, "training"),
-        (correlation[correlation["group"] != "all groups pooled"], "rank"),
+        (correlation[correlation["group"] != POOLED], "rank"),
         (theory_rows, "theory"),
     ]
     for part, tag in parts:

@@ -1,4 +1,4 @@
-"""Closed forms for bias-free ReLU nets on one-sign inputs (DESIGN.md section 1).
+"""Closed forms for bias-free ReLU nets on one-sign inputs.
 
 With zero biases and inputs x > 0, relu(w * x) = x * relu(w): every layer sees a ray, so
 each unit of a layer that is not entirely dead is dead with probability 1/2, independently
@@ -12,11 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.initializers import KERAS_INITIALIZERS
+from pipeline.initializers import INITIALIZERS, KERAS_INITIALIZERS
 
 # Initializers whose weights are symmetric about zero (sign flips leave the law unchanged).
-# `legacy_tf2` is the notebook's old unseeded Glorot uniform. RAI is asymmetric by design.
+# `legacy_tf2` is the notebook's old unseeded Glorot uniform.
 SYMMETRIC_INITS = frozenset({*KERAS_INITIALIZERS, "legacy_tf2"})
+# The rest (randomized asymmetric init, Lu et al. 2019) is asymmetric by design: the closed
+# form does not hold, and the collapse figure shows it as its own arm.
+ASYMMETRIC_INITS = frozenset(INITIALIZERS) - SYMMETRIC_INITS
 
 
 def _widths(hidden_sizes: Sequence[int]) -> np.ndarray:
@@ -83,13 +86,6 @@ def _binomial_half(n: int, k: int) -> float:
     return comb(n, k) / 2.0**n
 
 
-def expected_dead_fraction(hidden_sizes: Sequence[int]) -> float:
-    """Expected fraction of hidden units dead at init."""
-    pmf = dead_count_distribution(hidden_sizes)
-    total = pmf.size - 1
-    return float(np.dot(np.arange(pmf.size), pmf) / total)
-
-
 def output_dead_probability(hidden_sizes: Sequence[int]) -> float:
     """P(ReLU output unit dead at init) = (1 + P(collapse)) / 2; 5/8 for one hidden layer of 2.
 
@@ -99,19 +95,17 @@ def output_dead_probability(hidden_sizes: Sequence[int]) -> float:
     return (1.0 + collapse_probability(hidden_sizes)) / 2.0
 
 
-def theory_applies(activation: str, bias_init: float, data_low: float, init_name: str) -> bool:
-    """True for bias-free ReLU nets on non-negative inputs with a symmetric initializer."""
+def on_rays(activation, bias_init, data_low) -> bool:
+    """True for bias-free ReLU nets on non-negative inputs (every layer then sees a ray)."""
     try:
-        bias = float(bias_init)
-        low = float(data_low)
+        bias, low = float(bias_init), float(data_low)
     except (TypeError, ValueError):
         return False
     return (
-        isinstance(activation, str)
-        and activation == "relu"
-        and bias == 0.0
-        and np.isfinite(low)
-        and low >= 0.0
-        and isinstance(init_name, str)
-        and init_name in SYMMETRIC_INITS
+        isinstance(activation, str) and activation == "relu" and bias == 0.0 and 0.0 <= low < np.inf
     )
+
+
+def theory_applies(activation, bias_init, data_low, init_name) -> bool:
+    """True for bias-free ReLU nets on non-negative inputs with a symmetric initializer."""
+    return on_rays(activation, bias_init, data_low) and str(init_name) in SYMMETRIC_INITS

@@ -71,4 +71,7 @@ def test_report_on_a_real_sweep(tmp_path):
     assert html.count('src="data:image/png;base64,') == len(list(out.glob("*.png"))) >= 3
     reports = client.search_runs([experiment.experiment_id], "tags.`deadunits.role` = 'report'")
     assert len(reports) == 1
-    assert reports[0].data.tags["deadunits.report.sweep_id"] == sweep_id
+    tags = reports[0].data.tags
+    assert tags["deadunits.report.sweep_id"] == sweep_id
+    assert tags["deadunits.report.sweep_parent_run_id"] == parents[0].info.run_id
+    assert f"--sweep {sweep_id}" in tags["mlflow.note.content"]

@@ -1,4 +1,4 @@
-"""Interval estimates and Spearman's rho against hand computations."""
+"""Interval estimates and Spearman's rho against published and hand-computed values."""
 
 import math
 
@@ -10,17 +10,11 @@ from analysis import stats
 Z = 1.959963984540054
 
 
-def wilson_by_hand(k, n):
-    p = k / n
-    centre = (p + Z**2 / (2 * n)) / (1 + Z**2 / n)
-    half = Z / (1 + Z**2 / n) * math.sqrt(p * (1 - p) / n + Z**2 / (4 * n * n))
-    return centre - half, centre + half
-
-
 @pytest.mark.parametrize(
     ("k", "n", "lo", "hi"),
     [
-        # Textbook values (Newcombe 1998, and the usual 6/8 and 0/10 examples).
+        # Textbook values (Newcombe 1998, and the usual 3/10, 6/8 and 0/10 examples).
+        (3, 10, 0.1078, 0.6032),
         (6, 8, 0.4093, 0.9285),
         (0, 10, 0.0, 0.2775),
         (5, 10, 0.2366, 0.7634),
@@ -29,13 +23,13 @@ def wilson_by_hand(k, n):
     ],
 )
 def test_wilson_known_values(k, n, lo, hi):
-    got = stats.wilson_interval(k, n)
-    assert got == pytest.approx((lo, hi), abs=5e-4)
+    assert stats.wilson_interval(k, n) == pytest.approx((lo, hi), abs=5e-5)
 
 
-def test_wilson_formula_and_edges():
-    assert stats.wilson_interval(3, 12) == pytest.approx(wilson_by_hand(3, 12))
-    assert stats.wilson_interval(0, 7)[0] == 0.0
+def test_wilson_level_and_edges():
+    # 90%: z = 1.644854; 3/10 by hand from the score formula.
+    assert stats.wilson_interval(3, 10, level=0.90) == pytest.approx((0.1269, 0.5583), abs=5e-5)
+    assert stats.wilson_interval(0, 7) == pytest.approx((0.0, Z**2 / (7 + Z**2)))
     assert stats.wilson_interval(7, 7)[1] == 1.0
     assert all(math.isnan(v) for v in stats.wilson_interval(0, 0))
 
@@ -43,7 +37,7 @@ def test_wilson_formula_and_edges():
 def test_proportion_drops_missing():
     estimate = stats.proportion([1, 0, np.nan, 1, 1])
     assert (estimate.value, estimate.n) == (0.75, 4)
-    assert (estimate.lo, estimate.hi) == pytest.approx(wilson_by_hand(3, 4))
+    assert (estimate.lo, estimate.hi) == pytest.approx((0.3006, 0.9544), abs=5e-5)
     assert stats.proportion([]).note == "no data"
 
 
@@ -57,15 +51,16 @@ def test_t_interval_by_hand():
 
 
 def test_t_interval_clips_and_handles_small_n():
+    # mean 1/3, sd 0.57735, t(0.975, 2) = 4.302653: [-1.101, 1.768] clipped to [0, 1].
     clipped = stats.mean_t_interval([0.0, 0.0, 1.0])
-    assert clipped.lo == 0.0
+    assert (clipped.lo, clipped.hi) == (0.0, 1.0)
+    unclipped = stats.mean_t_interval([0.0, 0.0, 1.0], bounds=None)
+    assert unclipped.lo == pytest.approx(1 / 3 - 4.302653 * math.sqrt(1 / 3) / math.sqrt(3))
+    alike = stats.mean_t_interval([0.5, 0.5, 0.5])
+    assert (alike.lo, alike.hi) == (0.5, 0.5)
     one = stats.mean_t_interval([0.5])
     assert one.value == 0.5 and math.isnan(one.lo) and one.note == "n=1: no interval"
     assert stats.mean_t_interval([np.nan]).note == "no data"
-
-
-def test_average_ranks_ties():
-    assert list(stats.average_ranks(np.array([10, 20, 20, 5]))) == [2, 3.5, 3.5, 1]
 
 
 def test_spearman_with_ties_by_hand():
@@ -79,16 +74,13 @@ def test_spearman_with_ties_by_hand():
     assert estimate.value == pytest.approx(rho)
     assert estimate.lo == pytest.approx(math.tanh(math.atanh(rho) - half))
     assert estimate.hi == pytest.approx(math.tanh(math.atanh(rho) + half))
-    assert (estimate.lo, estimate.hi) == pytest.approx((0.6206, 0.9875), abs=1e-3)
+    assert (estimate.lo, estimate.hi) == pytest.approx((0.6205, 0.9874), abs=1e-4)
 
 
-def test_spearman_matches_scipy():
-    from scipy.stats import spearmanr
-
-    rng = np.random.default_rng(1)
-    x = rng.integers(0, 4, 60).astype(float)
-    y = x + rng.normal(size=60)
-    assert stats.spearman(x, y).value == pytest.approx(spearmanr(x, y).statistic)
+def test_spearman_drops_missing_pairs():
+    estimate = stats.spearman([1, 2, np.nan, 3, 4, 5], [2, 1, 9, 4, 3, np.nan])
+    # Pairs left: (1,2) (2,1) (3,4) (4,3): d = 1,1,1,1, rho = 1 - 6*4 / (4*15) = 0.6.
+    assert (estimate.value, estimate.n) == (pytest.approx(0.6), 4)
 
 
 def test_spearman_undefined_cases():
@@ -98,10 +90,10 @@ def test_spearman_undefined_cases():
     assert small.value == pytest.approx(0.5) and math.isnan(small.lo)
     assert stats.spearman([1], [2]).note == "n=1: undefined"
     perfect = stats.spearman([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
-    assert perfect.value == pytest.approx(1.0) and perfect.hi == pytest.approx(1.0)
+    assert (perfect.value, perfect.lo, perfect.hi) == pytest.approx((1.0, 1.0, 1.0))
 
 
-def test_spread_and_median_difference():
+def test_spread():
     spread = stats.spread([1, 2, 3, 4, np.nan])
     assert (spread.n, spread.median, spread.q25, spread.q75, spread.mean) == (
         4,
@@ -110,14 +102,17 @@ def test_spread_and_median_difference():
         3.25,
         2.5,
     )
+    assert stats.spread([]).n == 0
+
+
+def test_median_difference():
     diff = stats.median_difference([3, 4, 5, 6], [1, 2])
-    assert diff.value == pytest.approx(4.5 - 1.5)
-    assert diff.lo <= diff.value <= diff.hi
+    # Resampled medians of the first side lie in [3, 6], of the second in [1, 2]; the
+    # 2.5% and 97.5% quantiles of 2,000 differences land on 1.5 and 4.5.
+    assert (diff.value, diff.lo, diff.hi) == (3.0, 1.5, 4.5)
     assert stats.median_difference([1, 2], []).note == "needs runs on both sides"
-    assert "n=1" in stats.median_difference([1], [2, 3]).note
-    # Seeded: the same interval every time.
-    again = stats.median_difference([3, 4, 5, 6], [1, 2])
-    assert (again.lo, again.hi) == (diff.lo, diff.hi)
+    assert stats.median_difference([1], [2, 3]).note == "n=1 on one side: no interval"
+    assert stats.median_difference([1], [2, 3]).value == -1.5
 
 
 def test_outside():
