@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import re
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -14,18 +13,12 @@ import numpy as np
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from pipeline import schema
 
-ROLE_TAG = "deadunits.role"
 # MlflowClient.search_runs pages: 10,000 runs a page took 15.9 s for 10,200 runs on SQLite,
 # mlflow.search_runs 18.0 s (same query, plus its own frame building); 1,000 a page 18.1 s.
 # Two thirds of that time is SQLAlchemy building ORM objects inside MLflow.
 PAGE_SIZE = 10_000
-# Counts and 0/1 flags the pipeline logs as metrics; typed as nullable integers.
-COUNT_METRIC = re.compile(
-    r"^(dead_units_(init|final)(/layer_\d+)?|saturated_units_(init|final)|hidden_units"
-    r"|output_dead_(init|final)|collapsed_(init|final))$"
-)
-OUTCOMES = ("finished", "diverged", "failed", "killed", "running")
 
 
 @dataclass
@@ -70,11 +63,11 @@ def find_experiment(client, name: str, uri: str = ""):
 
 def run_filter(sweep_id: str | None) -> str:
     """MLflow filter for the training runs (not sweep parents, not reports)."""
-    query = f"tags.`{ROLE_TAG}` = 'run'"
+    query = f"tags.`{schema.ROLE_TAG}` = '{schema.ROLE_RUN}'"
     if sweep_id is not None:
         if "'" in sweep_id or "\\" in sweep_id:
             raise AnalysisError(f"invalid sweep id {sweep_id!r}")
-        query += f" AND tags.sweep_id = '{sweep_id}'"
+        query += f" AND tags.{schema.TAG_SWEEP_ID} = '{sweep_id}'"
     return query
 
 
@@ -130,16 +123,9 @@ def typed_metric(key: str, values: pd.Series) -> pd.Series:
     """float64, or Int64 for counts and 0/1 flags whose values are all whole numbers."""
     values = values.astype("float64")
     present = values.dropna()
-    if COUNT_METRIC.match(key) and np.all(np.mod(present.to_numpy(), 1) == 0):
+    if schema.is_count_metric(key) and np.all(np.mod(present.to_numpy(), 1) == 0):
         return values.astype("Int64")
     return values
-
-
-def outcome_of(status: str, diverged: bool) -> str:
-    """finished / diverged / failed / killed / running (RUNNING and SCHEDULED)."""
-    if diverged:
-        return "diverged"
-    return {"FINISHED": "finished", "FAILED": "failed", "KILLED": "killed"}.get(status, "running")
 
 
 def _bool_tag(values: pd.Series) -> pd.Series:
@@ -148,15 +134,15 @@ def _bool_tag(values: pd.Series) -> pd.Series:
 
 # Run columns read from tags: column -> tag.
 TAG_COLUMNS = {
-    "sweep_id": "sweep_id",
-    "parent_run_id": "mlflow.parentRunId",
-    "engine": "engine",
-    "config_key": "config_key",
-    "git_commit": "mlflow.source.git.commit",
-    "dead_at_init_tag": "dead_at_init",
-    "diverged_tag": "diverged",
-    "diverged_epoch": "diverged_epoch",
-    "error": "error",
+    "sweep_id": schema.TAG_SWEEP_ID,
+    "parent_run_id": schema.TAG_PARENT,
+    "engine": schema.TAG_ENGINE,
+    "config_key": schema.TAG_CONFIG_KEY,
+    "git_commit": schema.TAG_GIT_COMMIT,
+    "dead_at_init_tag": schema.TAG_DEAD_AT_INIT,
+    "diverged_tag": schema.TAG_DIVERGED,
+    "diverged_epoch": schema.TAG_DIVERGED_EPOCH,
+    "error": schema.TAG_ERROR,
 }
 RUN_COLUMNS = ["run_id", "run_name", "status", "start_time", "end_time", *TAG_COLUMNS]
 
@@ -166,7 +152,7 @@ def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
     records = [
         (
             run.info.run_id,
-            run.info.run_name or run.data.tags.get("mlflow.runName", ""),
+            run.info.run_name or run.data.tags.get(schema.TAG_RUN_NAME, ""),
             run.info.status,
             run.info.start_time,
             run.info.end_time,
@@ -187,7 +173,7 @@ def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
     frame["diverged"] = diverged.fillna(False).astype(bool)
     frame["diverged_epoch"] = pd.to_numeric(frame["diverged_epoch"], errors="coerce")
     frame["diverged_epoch"] = frame["diverged_epoch"].astype("Int64")
-    frame["outcome"] = list(map(outcome_of, frame["status"], frame["diverged"]))
+    frame["outcome"] = list(map(schema.outcome, frame["status"], frame["diverged"]))
     text = ["run_id", "run_name", "status", "outcome", "sweep_id", "parent_run_id", "engine"]
     for column in (*text, "config_key", "git_commit", "error"):
         frame[column] = frame[column].astype("string")
@@ -201,9 +187,9 @@ def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
 
     # The tag is the pipeline's own verdict; the metric covers runs logged without it.
     from_tag = _bool_tag(frame.pop("dead_at_init_tag").astype("string"))
-    frame["dead_at_init"] = from_tag.fillna(_positive(frame, "dead_units_init"))
+    frame["dead_at_init"] = from_tag.fillna(_positive(frame, schema.DEAD_UNITS_INIT))
     frame["dead_at_init"] = frame["dead_at_init"].astype("boolean")
-    frame["dead_at_end"] = _positive(frame, "dead_units_final")
+    frame["dead_at_end"] = _positive(frame, schema.DEAD_UNITS_FINAL)
     sizes = frame.get("model.hidden_sizes", pd.Series(None, index=frame.index, dtype="string"))
     parsed = [parse_hidden_sizes(v) for v in sizes]
     frame["depth"] = pd.array([len(p) if p else pd.NA for p in parsed], dtype="Int64")
@@ -232,7 +218,9 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
     if not runs:
         if sweep_id is not None:
             raise AnalysisError(f"no runs with sweep_id '{sweep_id}' in experiment '{experiment}'")
-        raise AnalysisError(f"experiment '{experiment}' has no training runs (tag {ROLE_TAG}=run)")
+        raise AnalysisError(
+            f"experiment '{experiment}' has no training runs (tag {schema.ROLE_TAG}={schema.ROLE_RUN})"
+        )
     frame, params, metrics = runs_to_frame(runs)
     parent = sweep_parent(client, found.experiment_id, sweep_id) if sweep_id else None
     return LoadedRuns(
@@ -250,7 +238,10 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
 
 def sweep_parent(client, experiment_id: str, sweep_id: str):
     """The sweep's parent run (params overrides, job_count, ...), None if there is none."""
-    query = f"tags.`{ROLE_TAG}` = 'sweep' AND tags.sweep_id = '{sweep_id}'"
+    query = (
+        f"tags.`{schema.ROLE_TAG}` = '{schema.ROLE_SWEEP}' "
+        f"AND tags.{schema.TAG_SWEEP_ID} = '{sweep_id}'"
+    )
     parents = client.search_runs([experiment_id], query, max_results=1)
     return parents[0] if parents else None
 
@@ -259,7 +250,7 @@ HISTORY_CHUNK = 500  # run ids per SQL query; well below SQLite's bound-variable
 
 
 def fetch_histories(
-    client, run_ids: Iterable[str], keys: Sequence[str] = ("train_loss", "test_loss")
+    client, run_ids: Iterable[str], keys: Sequence[str] = (schema.TRAIN_LOSS, schema.TEST_LOSS)
 ) -> pd.DataFrame:
     """Per-step metric values (columns run_id, key, step, value) of the given runs.
 

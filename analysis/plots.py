@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis import theory
+from pipeline import schema
 
 DPI = 110
 DEAD_COLOUR = "#c0392b"
@@ -79,11 +80,18 @@ def plot_loss_vs_dead_fraction(grouped: pd.DataFrame, path: Path) -> Path:
     activations = sorted(finished["model.activation"].dropna().unique()) if len(finished) else []
     colours = {a: f"C{i % 10}" for i, a in enumerate(activations)}
     rng = np.random.default_rng(0)
-    x = np.asarray(finished["dead_fraction_init"], dtype=float) if len(finished) else np.array([])
+    x = (
+        np.asarray(finished[schema.DEAD_FRACTION_INIT], dtype=float)
+        if len(finished)
+        else np.array([])
+    )
     jitter = rng.uniform(-0.025, 0.025, size=x.size)
     for ax, (metric, title) in zip(
         axes,
-        (("final_train_loss", "final train loss"), ("final_test_loss", "final test loss")),
+        (
+            (schema.FINAL_TRAIN_LOSS, "final train loss"),
+            (schema.FINAL_TEST_LOSS, "final test loss"),
+        ),
         strict=True,
     ):
         y = (
@@ -127,7 +135,7 @@ def plot_loss_curves(curves: pd.DataFrame, groups: list[str], path: Path) -> Pat
     rows = max(1, int(np.ceil(len(groups) / columns)))
     figure = Figure(figsize=(3.6 * columns, 2.7 * rows + 1.0))
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False)).ravel()
-    styles = {"train_loss": "-", "test_loss": "--"}
+    styles = {schema.TRAIN_LOSS: "-", schema.TEST_LOSS: "--"}
     colours = {"dead at init": DEAD_COLOUR, "alive at init": ALIVE_COLOUR}
     for ax, group in zip(axes, groups, strict=False):
         panel = curves[curves["group"] == group]

@@ -9,11 +9,11 @@ from pathlib import Path
 
 from analysis import curves, findings, plots, render
 from analysis.compute import Results, compute
-from analysis.load import ROLE_TAG, connect, fetch_histories, load_runs
+from analysis.load import connect, fetch_histories, load_runs
 from analysis.sections import CurveInfo, Figures, build_markdown
+from pipeline import schema
 from pipeline.store import redact_uri
 
-REPORT_ROLE = "report"
 FIGURE_FILES = {
     "headline": "headline.png",
     "dead_rates": "dead_rates.png",
@@ -135,17 +135,17 @@ def report_metrics(results: Results) -> dict[str, float]:
 def report_tags(results: Results, command: str) -> dict[str, str]:
     """The role, the sweep it covers and the run page's description (mlflow.note.content)."""
     loaded = results.loaded
-    tags = {ROLE_TAG: REPORT_ROLE}
+    tags = {schema.ROLE_TAG: schema.ROLE_REPORT}
     covers = f"experiment `{loaded.experiment}`"
     if loaded.sweep_id:
         # Not `sweep_id`: a filter on that tag alone must keep finding only the sweep's runs.
-        tags["deadunits.report.sweep_id"] = loaded.sweep_id
+        tags[schema.TAG_REPORT_SWEEP_ID] = loaded.sweep_id
         covers = f"sweep `{loaded.sweep_id}` of {covers}"
         if loaded.sweep_parent is not None:
             parent = loaded.sweep_parent.info.run_id
-            tags["deadunits.report.sweep_parent_run_id"] = parent
+            tags[schema.TAG_REPORT_SWEEP_RUN_ID] = parent
             covers += f" (sweep parent run `{parent}`)"
-    tags["mlflow.note.content"] = (
+    tags[schema.TAG_NOTE] = (
         f"Dead units report on {covers}: {findings.scope(results)}\n\n"
         f"Reproduce with:\n\n    {command}\n"
     )

@@ -18,7 +18,9 @@ import numpy as np
 import pandas as pd
 
 from analysis import stats, theory
-from analysis.load import OUTCOMES, parse_hidden_sizes
+from analysis.load import parse_hidden_sizes
+from pipeline import schema
+from pipeline.forward import SATURATING
 
 ACTIVATION = "model.activation"
 INIT = "init.name"
@@ -29,9 +31,8 @@ DATA_LOW = "data.low"
 ALWAYS_GROUPED = (ACTIVATION, INIT)
 # Order group keys by how much they matter to deadness, then alphabetically.
 KEY_ORDER = (ACTIVATION, INIT, HIDDEN, BIAS, OUTPUT_ACTIVATION, DATA_LOW)
-SATURATING = ("tanh", "sigmoid")
 POOLED = "all groups pooled"  # the correlation row over every run
-INIT_OUTCOMES = ("finished", "diverged")
+INIT_OUTCOMES = (schema.FINISHED, schema.DIVERGED)  # probed at init
 SHORT_NAMES = {
     ACTIVATION: "activation",
     INIT: "init",
@@ -39,27 +40,7 @@ SHORT_NAMES = {
     BIAS: "bias",
     OUTPUT_ACTIVATION: "output",
 }
-EXPECTED_METRICS = (
-    "final_train_loss",
-    "final_test_loss",
-    "dead_units_init",
-    "dead_fraction_init",
-    "dead_units_final",
-    "dead_fraction_final",
-    "saturated_units_init",
-    "saturated_units_final",
-    "hidden_units",
-    "output_dead_init",
-    "output_dead_final",
-    "collapsed_init",
-    "collapsed_final",
-)
-# What a diverged run still carries: its probe at init.
-INIT_METRICS = tuple(m for m in EXPECTED_METRICS if m.endswith("_init") or m == "hidden_units")
 _SEED_LIKE = re.compile(r"(^|[._])seed$|_seed$")
-# Settings that do not change a run's result (the pipeline leaves them out of config_key):
-# never group keys, so e.g. a re-run with force=true pools with the original runs.
-NOT_RESULT = ("tracking", "force", "seeds", "train.engine", "train.memory_budget_mb")
 
 
 def floats(frame: pd.DataFrame, column: str) -> np.ndarray:
@@ -83,8 +64,9 @@ def varying_params(frame: pd.DataFrame, params: list[str]) -> list[str]:
 
 
 def is_not_result(key: str) -> bool:
-    """Settings the pipeline says do not change a run's result."""
-    return any(key == n or key.startswith(f"{n}.") for n in NOT_RESULT)
+    """Settings that do not change a run's result (left out of its config key): never group
+    keys, so e.g. a re-run with force=true pools with the original runs."""
+    return schema.is_under(key, schema.NOT_IN_KEY)
 
 
 def group_keys(frame: pd.DataFrame, params: list[str]) -> list[str]:
@@ -201,7 +183,7 @@ def finished_runs(runs: pd.DataFrame) -> pd.DataFrame:
 def outcome_counts(frame: pd.DataFrame) -> dict[str, int]:
     """How many runs ended in each outcome (all outcomes present, zeros included)."""
     counts = frame["outcome"].value_counts()
-    return {outcome: int(counts.get(outcome, 0)) for outcome in OUTCOMES}
+    return {outcome: int(counts.get(outcome, 0)) for outcome in schema.OUTCOMES}
 
 
 def unfinished_runs(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -216,10 +198,10 @@ def missing_metrics(frame: pd.DataFrame) -> pd.DataFrame:
     finished = finished_runs(frame)
     diverged = frame[frame["outcome"] == "diverged"]
     rows = []
-    for metric in EXPECTED_METRICS:
+    for metric in schema.RESULT_METRICS:
         missing_finished = int(np.isnan(floats(finished, metric)).sum())
         missing_diverged = (
-            int(np.isnan(floats(diverged, metric)).sum()) if metric in INIT_METRICS else 0
+            int(np.isnan(floats(diverged, metric)).sum()) if metric in schema.INIT_METRICS else 0
         )
         if missing_finished or missing_diverged:
             rows.append(
@@ -246,9 +228,9 @@ def death_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         counts = outcome_counts(runs)
         sample = init_runs(runs)
         dead = stats.proportion(np.asarray(sample["dead_at_init"], dtype=float))
-        fraction = stats.mean_t_interval(floats(sample, "dead_fraction_init"))
-        collapse = stats.proportion(floats(sample, "collapsed_init"))
-        output = stats.proportion(floats(sample, "output_dead_init"))
+        fraction = stats.mean_t_interval(floats(sample, schema.DEAD_FRACTION_INIT))
+        collapse = stats.proportion(floats(sample, schema.COLLAPSED_INIT))
+        output = stats.proportion(floats(sample, schema.OUTPUT_DEAD_INIT))
         rows.append(
             {
                 **_row(label, values),
@@ -284,7 +266,7 @@ def saturation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         for when, sample in (("init", init_runs(runs)), ("final", finished_runs(runs))):
             counts = floats(sample, f"saturated_units_{when}")
             with np.errstate(invalid="ignore", divide="ignore"):
-                fraction = counts / floats(sample, "hidden_units")
+                fraction = counts / floats(sample, schema.HIDDEN_UNITS)
             saturated = stats.proportion(np.where(np.isnan(counts), np.nan, counts > 0))
             row |= _estimate_columns(f"saturated_{when}", saturated)
             row |= _estimate_columns(
@@ -297,7 +279,7 @@ def saturation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 # ---------------------------------------------------------------- final loss
 
 
-LOSSES = (("train", "final_train_loss"), ("test", "final_test_loss"))
+LOSSES = (("train", schema.FINAL_TRAIN_LOSS), ("test", schema.FINAL_TEST_LOSS))
 
 
 def _loss_columns(runs: pd.DataFrame, metrics=LOSSES) -> dict:
@@ -327,7 +309,7 @@ def loss_by_dead_count_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFra
     rows = []
     for label, values, runs in iter_groups(frame, keys):
         finished = finished_runs(runs)
-        counts = floats(finished, "dead_units_init")
+        counts = floats(finished, schema.DEAD_UNITS_INIT)
         for count in np.unique(counts[~np.isnan(counts)]):
             subset = finished[counts == count]
             rows.append({**_row(label, values), "dead_units": int(count), **_loss_columns(subset)})
@@ -369,7 +351,9 @@ def correlation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         row = {"group": label, **{k: format_value(v) for k, v in values.items()}}
         notes = []
         for name, metric in LOSSES:
-            rho = stats.spearman(floats(finished, "dead_fraction_init"), floats(finished, metric))
+            rho = stats.spearman(
+                floats(finished, schema.DEAD_FRACTION_INIT), floats(finished, metric)
+            )
             row.update(_estimate_columns(f"rho_{name}", rho, with_count=False))
             row[f"rho_{name}_n"] = rho.n
             if rho.note and rho.note not in notes:
@@ -390,8 +374,8 @@ def transition_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
         known = finished[finished["dead_at_init"].notna() & finished["dead_at_end"].notna()]
         start = np.asarray(known["dead_at_init"], dtype=bool)
         end = np.asarray(known["dead_at_end"], dtype=bool)
-        units_init = floats(finished, "dead_units_init")
-        units_final = floats(finished, "dead_units_final")
+        units_init = floats(finished, schema.DEAD_UNITS_INIT)
+        units_final = floats(finished, schema.DEAD_UNITS_FINAL)
         change = units_final - units_init
         change = change[~np.isnan(change)]
         rows.append(
@@ -443,7 +427,7 @@ def theory_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "depth": len(sizes),
         }
         checks = [
-            ("collapse", floats(sample, "collapsed_init"), theory.collapse_probability(sizes)),
+            ("collapse", floats(sample, schema.COLLAPSED_INIT), theory.collapse_probability(sizes)),
             (
                 "dead_at_init",
                 np.asarray(sample["dead_at_init"], dtype=float),
@@ -454,7 +438,7 @@ def theory_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             checks.append(
                 (
                     "output_dead",
-                    floats(sample, "output_dead_init"),
+                    floats(sample, schema.OUTPUT_DEAD_INIT),
                     theory.output_dead_probability(sizes),
                 )
             )
@@ -481,7 +465,7 @@ def dead_count_theory_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFram
     for label, values, runs, sizes in theory_groups(frame, keys):
         if sum(sizes) > MAX_UNITS_FOR_DISTRIBUTION:
             continue
-        counts = floats(init_runs(runs), "dead_units_init")
+        counts = floats(init_runs(runs), schema.DEAD_UNITS_INIT)
         counts = counts[~np.isnan(counts)]
         for k, expected in enumerate(theory.dead_count_distribution(sizes)):
             measured = stats.proportion(counts == k) if counts.size else stats.proportion([])
@@ -508,7 +492,7 @@ def headline_table(frame: pd.DataFrame) -> pd.DataFrame:
         row = {**_row(label, values), **_estimate_columns("dead_at_init", dead)}
         for name, flag in (("dead", True), ("alive", False)):
             subset = finished[finished["dead_at_init"].fillna(not flag) == flag]
-            row |= _loss_columns(subset, [(name, "final_test_loss")])
+            row |= _loss_columns(subset, [(name, schema.FINAL_TEST_LOSS)])
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -528,7 +512,7 @@ def collapse_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             or not theory.on_rays(first.get(ACTIVATION), first.get(BIAS), first.get(DATA_LOW))
         ):
             continue
-        collapse = stats.proportion(floats(init_runs(runs), "collapsed_init"))
+        collapse = stats.proportion(floats(init_runs(runs), schema.COLLAPSED_INIT))
         rows.append(
             {
                 **_row(label, values),

@@ -12,14 +12,14 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.initializers import INITIALIZERS, KERAS_INITIALIZERS
+from pipeline.config import group_options
+from pipeline.initializers import SYMMETRIC_INITIALIZERS
 
 # Initializers whose weights are symmetric about zero (sign flips leave the law unchanged).
-# `legacy_tf2` is the notebook's old unseeded Glorot uniform.
-SYMMETRIC_INITS = frozenset({*KERAS_INITIALIZERS, "legacy_tf2"})
+SYMMETRIC_INITS = frozenset(SYMMETRIC_INITIALIZERS)
 # The rest (randomized asymmetric init, Lu et al. 2019) is asymmetric by design: the closed
 # form does not hold, and the collapse figure shows it as its own arm.
-ASYMMETRIC_INITS = frozenset(INITIALIZERS) - SYMMETRIC_INITS
+ASYMMETRIC_INITS = frozenset(group_options("init")) - SYMMETRIC_INITS
 
 
 def _widths(hidden_sizes: Sequence[int]) -> np.ndarray:

@@ -25,7 +25,9 @@ TAG_DIVERGED_EPOCH = "diverged_epoch"
 TAG_ERROR = "error"
 TAG_SWEEP_ID = "sweep_id"
 TAG_SWEEP_SIGNATURE = "deadunits.sweep_signature"
-TAG_SWEEP_RUN_ID = "deadunits.sweep_run_id"  # on a report: the parent run of its sweep
+# On a report run: the sweep it covers, and that sweep's parent run.
+TAG_REPORT_SWEEP_ID = "deadunits.report.sweep_id"
+TAG_REPORT_SWEEP_RUN_ID = "deadunits.report.sweep_parent_run_id"
 TAG_HOST = "deadunits.host"
 TAG_PID = "deadunits.pid"
 TAG_PROCESS_START = "deadunits.process_start"
@@ -81,6 +83,11 @@ def stage_metrics(stage: str) -> tuple[str, ...]:
     )
 
 
+DEAD_UNITS_INIT, DEAD_UNITS_FINAL = dead_units("init"), dead_units("final")
+DEAD_FRACTION_INIT, DEAD_FRACTION_FINAL = dead_fraction("init"), dead_fraction("final")
+SATURATED_UNITS_INIT, SATURATED_UNITS_FINAL = saturated_units("init"), saturated_units("final")
+OUTPUT_DEAD_INIT, OUTPUT_DEAD_FINAL = output_dead("init"), output_dead("final")
+COLLAPSED_INIT, COLLAPSED_FINAL = collapsed("init"), collapsed("final")
 INIT_METRICS = (*stage_metrics("init"), HIDDEN_UNITS)
 RESULT_METRICS = (FINAL_TRAIN_LOSS, FINAL_TEST_LOSS, *INIT_METRICS, *stage_metrics("final"))
 _COUNT = re.compile(

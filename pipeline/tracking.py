@@ -143,7 +143,7 @@ def open_client(uri: str) -> MlflowClient:
     """An MlflowClient; a new SQLite store is created by one process at a time.
 
     MLflow creates the tables of a new SQLite store on first use, and two processes doing
-    that at once fail with "table ... already exists" (DESIGN.md section 5).
+    that at once fail with "table ... already exists".
     """
     db = sqlite_path(uri)
     if db is None:

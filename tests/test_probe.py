@@ -1,4 +1,4 @@
-"""The dead-unit probe on hand-made weights (DESIGN.md section 2)."""
+"""The dead-unit probe on hand-made weights."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,5 @@
-"""Fake runs logged the way the pipeline logs them (see the schema in the analysis issue).
+"""Fake runs logged the way the pipeline logs them: names, run names and metrics come from
+the pipeline's own schema (`pipeline.schema`) and probe (`ProbeResult.metrics`).
 
 Tests build small SQLite stores with known values, so every number the report prints
 can be checked against a hand computation.
@@ -12,8 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from pipeline import schema
+from pipeline.probe import ProbeResult
 
 BASE_CONFIG = {
     "seed": 0,
@@ -52,31 +57,30 @@ def run_metrics(
     saturated_init: int = 0,
     saturated_final: int = 0,
 ) -> dict[str, float]:
-    """The scalar metrics of one run of a single-hidden-layer net, consistent with each other."""
+    """The scalar metrics of one run of a single-hidden-layer net, consistent with each other,
+    named and computed by the pipeline's probe."""
     dead_final = dead_init if dead_final is None else dead_final
-    if collapsed_init is None:
-        collapsed_init = int(dead_init == hidden_units)
-    if collapsed_final is None:
-        collapsed_final = int(dead_final == hidden_units)
     output_dead_final = output_dead_init if output_dead_final is None else output_dead_final
     final_test_loss = final_train_loss if final_test_loss is None else final_test_loss
-    return {
-        "final_train_loss": final_train_loss,
-        "final_test_loss": final_test_loss,
-        "dead_units_init": dead_init,
-        "dead_fraction_init": dead_init / hidden_units,
-        "dead_units_final": dead_final,
-        "dead_fraction_final": dead_final / hidden_units,
-        "dead_units_init/layer_1": dead_init,
-        "dead_units_final/layer_1": dead_final,
-        "saturated_units_init": saturated_init,
-        "saturated_units_final": saturated_final,
-        "hidden_units": hidden_units,
-        "output_dead_init": output_dead_init,
-        "output_dead_final": output_dead_final,
-        "collapsed_init": collapsed_init,
-        "collapsed_final": collapsed_final,
+    metrics = {
+        schema.FINAL_TRAIN_LOSS: final_train_loss,
+        schema.FINAL_TEST_LOSS: final_test_loss,
+        schema.HIDDEN_UNITS: hidden_units,
     }
+    stages = (
+        ("init", dead_init, saturated_init, output_dead_init, collapsed_init),
+        ("final", dead_final, saturated_final, output_dead_final, collapsed_final),
+    )
+    for stage, dead, saturated, output, collapsed in stages:
+        probed = ProbeResult(
+            dead=[np.arange(hidden_units)[None, :] < dead],
+            saturated=[np.arange(hidden_units)[None, :] < saturated],
+            output_dead=np.array([bool(output)]),
+        )
+        metrics.update(probed.metrics(0, stage))
+        if collapsed is not None:  # a test may log an inconsistent value on purpose
+            metrics[schema.collapsed(stage)] = collapsed
+    return metrics
 
 
 def log_fake_run(
@@ -95,15 +99,15 @@ def log_fake_run(
     """Log one run as the pipeline does: one log_batch with params, metrics and tags."""
     config = {**BASE_CONFIG, **(config or {})}
     metrics = metrics or {}
-    name = run_name or f"{config['model.activation']}-{config['init.name']}-s{config['seed']}"
-    all_tags = {"deadunits.role": "run", "engine": str(config["train.engine"])}
-    if "dead_units_init" in metrics:
-        all_tags["dead_at_init"] = str(metrics["dead_units_init"] > 0).lower()
-    all_tags["diverged"] = "false"
+    name = run_name or schema.run_name(config, config[schema.PARAM_SEED])
+    all_tags = {schema.ROLE_TAG: schema.ROLE_RUN, schema.TAG_ENGINE: str(config["train.engine"])}
+    if schema.DEAD_UNITS_INIT in metrics:
+        all_tags[schema.TAG_DEAD_AT_INIT] = str(metrics[schema.DEAD_UNITS_INIT] > 0).lower()
+    all_tags[schema.TAG_DIVERGED] = "false"
     if sweep_id is not None:
-        all_tags["sweep_id"] = sweep_id
+        all_tags[schema.TAG_SWEEP_ID] = sweep_id
     if parent_run_id is not None:
-        all_tags["mlflow.parentRunId"] = parent_run_id
+        all_tags[schema.TAG_PARENT] = parent_run_id
     all_tags.update(tags or {})
     run = client.create_run(experiment_id, run_name=name, tags=all_tags)
     now = int(time.time() * 1000)
@@ -119,12 +123,12 @@ def log_fake_run(
 
 def log_sweep_parent(client: MlflowClient, experiment_id: str, sweep_id: str) -> str:
     """The parent run a multirun creates once per sweep."""
-    tags = {"deadunits.role": "sweep", "sweep_id": sweep_id}
-    run = client.create_run(experiment_id, run_name=f"sweep-{sweep_id}", tags=tags)
+    tags = {schema.ROLE_TAG: schema.ROLE_SWEEP, schema.TAG_SWEEP_ID: sweep_id}
+    run = client.create_run(experiment_id, run_name=schema.sweep_run_name(sweep_id), tags=tags)
     client.log_batch(
         run.info.run_id,
         params=[Param("overrides", "seed=range(0,4)"), Param("job_count", "4")],
-        tags=[RunTag("mlflow.runName", f"sweep-{sweep_id}")],
+        tags=[RunTag(schema.TAG_RUN_NAME, schema.sweep_run_name(sweep_id))],
     )
     client.set_terminated(run.info.run_id)
     return run.info.run_id
@@ -250,7 +254,7 @@ def build_study(store: FakeStore) -> FakeStore:
             **common,
         )
     report = store.client.create_run(
-        store.experiment_id, run_name="report", tags={"deadunits.role": "report"}
+        store.experiment_id, run_name="report", tags={schema.ROLE_TAG: schema.ROLE_REPORT}
     )
     store.client.set_terminated(report.info.run_id)
     return store
