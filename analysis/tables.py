@@ -167,6 +167,25 @@ def _estimate_columns(prefix: str, estimate: stats.Estimate, with_count: bool = 
     return columns
 
 
+def _losses(runs: pd.DataFrame) -> dict[str, np.ndarray]:
+    return {name: floats(runs, metric) for name, metric in LOSSES}
+
+
+def _per_loss(columns: str, estimates: dict[str, stats.Estimate], with_n: bool = False) -> dict:
+    """One estimate per final loss (train, test) as columns `columns.format(name)`, with
+    their notes joined once each."""
+    row, notes = {}, []
+    for name, result in estimates.items():
+        prefix = columns.format(name)
+        row.update(_estimate_columns(prefix, result, with_count=False))
+        if with_n:
+            row[f"{prefix}_n"] = result.n
+        if result.note and result.note not in notes:
+            notes.append(result.note)
+    row["note"] = "; ".join(notes)
+    return row
+
+
 def init_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Runs whose init probe counts: finished and diverged."""
     return runs[runs["outcome"].isin(INIT_OUTCOMES)]
@@ -328,14 +347,11 @@ def loss_cost_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
             "dead_n": int(dead_mask.sum()),
             "alive_n": int(alive_mask.sum()),
         }
-        notes = []
-        for name, metric in LOSSES:
-            losses = floats(finished, metric)
-            cost = stats.median_difference(losses[dead_mask], losses[alive_mask])
-            row.update(_estimate_columns(f"{name}_cost", cost, with_count=False))
-            if cost.note and cost.note not in notes:
-                notes.append(cost.note)
-        row["note"] = "; ".join(notes)
+        costs = {
+            name: stats.median_difference(losses[dead_mask], losses[alive_mask])
+            for name, losses in _losses(finished).items()
+        }
+        row.update(_per_loss("{}_cost", costs))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -349,16 +365,9 @@ def correlation_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     for label, values, runs in groups:
         finished = finished_runs(runs)
         row = {"group": label, **{k: format_value(v) for k, v in values.items()}}
-        notes = []
-        for name, metric in LOSSES:
-            rho = stats.spearman(
-                floats(finished, schema.DEAD_FRACTION_INIT), floats(finished, metric)
-            )
-            row.update(_estimate_columns(f"rho_{name}", rho, with_count=False))
-            row[f"rho_{name}_n"] = rho.n
-            if rho.note and rho.note not in notes:
-                notes.append(rho.note)
-        row["note"] = "; ".join(notes)
+        dead_fraction = floats(finished, schema.DEAD_FRACTION_INIT)
+        rhos = {name: stats.spearman(dead_fraction, v) for name, v in _losses(finished).items()}
+        row.update(_per_loss("rho_{}", rhos, with_n=True))
         rows.append(row)
     return pd.DataFrame(rows)
 
