@@ -424,12 +424,12 @@ time.sleep(60)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("delay_s", [0.0, 0.002, 0.02])
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 1.0])
 def test_a_writer_killed_during_its_commit_leaves_all_or_nothing(store, tmp_path, delay_s):
     uri = store
     experiment_id = Tracker(uri, "exp").experiment_id
     kept = bulk.write_runs(uri, experiment_id, make_records("a", 3))
-    count = 3000
+    count = 2000
     child = subprocess.Popen(
         [sys.executable, "-c", CRASH_CHILD, uri, experiment_id, str(count)],
         cwd=PROJECT_ROOT,
