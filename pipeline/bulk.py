@@ -67,6 +67,7 @@ FLOAT_MAX = 1.7976931348623157e308
 DIALECTS = ("sqlite", "postgresql")
 SOURCE_TYPE = SourceType.to_string(SourceType.UNKNOWN)  # what create_run stores
 FILE_THREADS = 4
+FETCH_BATCH = 200_000  # rows turned into a frame at a time by read_experiment
 
 
 class BulkUnsupported(RuntimeError):
@@ -514,7 +515,7 @@ def read_experiment(
     frames: dict[str, pd.DataFrame] = {}
     with _connect(_engine(uri)) as conn:
         for name, query in queries.items():
-            frames[name] = pd.read_sql(query, conn)
+            frames[name] = _frame(conn, query)
         if history_keys is not None:
             frames["metrics"] = _histories(conn, runs, list(history_keys), history_run_ids)
     return frames
@@ -529,11 +530,36 @@ def _histories(conn, runs, keys: list[str], run_ids: Iterable[str] | None) -> pd
         SqlMetric.timestamp,
     ).where(SqlMetric.key.in_(keys), SqlMetric.run_uuid.in_(runs))
     if run_ids is None:
-        return pd.read_sql(query, conn)
+        return _frame(conn, query)
     parts = [
-        pd.read_sql(query.where(SqlMetric.run_uuid.in_(chunk)), conn)
+        _frame(conn, query.where(SqlMetric.run_uuid.in_(chunk)))
         for chunk in _chunks(sorted(set(run_ids)), IN_CHUNK)
     ]
     if not parts:
-        return pd.read_sql(query.where(sa.false()), conn)
+        return _frame(conn, query.where(sa.false()))
     return pd.concat(parts, ignore_index=True)
+
+
+def _frame(conn, query, batch: int = FETCH_BATCH) -> pd.DataFrame:
+    """What pandas.read_sql returns, without SQLAlchemy's row objects.
+
+    The query runs on the driver's own cursor: building a SQLAlchemy Row per row took
+    half the time of pandas.read_sql. Rows are fetched and turned into frames a batch at a
+    time, so the driver's tuples of one batch only are alive at once.
+    """
+    compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    params = compiled.params
+    if compiled.positiontup is not None:
+        params = tuple(params[name] for name in compiled.positiontup)
+    columns = [column.name for column in query.selected_columns]
+    cursor = conn.connection.cursor()
+    try:
+        cursor.execute(compiled.string, params)
+        parts = []
+        while rows := cursor.fetchmany(batch):
+            parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
+    finally:
+        cursor.close()
+    if not parts:
+        return pd.DataFrame(columns=columns)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
