@@ -395,15 +395,23 @@ def _commit(engine, experiment_id: str, artifact_location: str, rows: _Rows) -> 
 # --- reading --------------------------------------------------------------------------------
 
 
-def _active_runs(experiment_id: str, tags: dict[str, str] | None = None):
-    """SELECT run_uuid of the experiment's active runs carrying every given tag value."""
-    query = sa.select(SqlRun.run_uuid).where(
+def _scoped(query, run_uuid, experiment_id: str, tags: dict[str, str] | None):
+    """The query kept to the experiment's active runs that carry every given tag value.
+
+    Joins, not IN (subquery): on SQLite the join read 1.8 million params in 3.5 s, the
+    subquery in 4.2-4.7 s.
+    """
+    if run_uuid is not SqlRun.run_uuid:
+        query = query.join(SqlRun, SqlRun.run_uuid == run_uuid)
+    query = query.where(
         SqlRun.experiment_id == int(experiment_id),
         SqlRun.lifecycle_stage == LifecycleStage.ACTIVE,
     )
     for key, value in (tags or {}).items():
-        tagged = sa.select(SqlTag.run_uuid).where(SqlTag.key == key, SqlTag.value == value)
-        query = query.where(SqlRun.run_uuid.in_(tagged))
+        tag = sa.orm.aliased(SqlTag)
+        query = query.join(
+            tag, sa.and_(tag.run_uuid == run_uuid, tag.key == key, tag.value == value)
+        )
     return query
 
 
@@ -487,48 +495,44 @@ def read_experiment(
     one of these tag values (e.g. {"deadunits.role": "run"}). Metric values are what MLflow
     returns: NaN for NaN, +-1.7976931348623157e308 for +-inf. Rows come in no set order.
     """
-    runs = _active_runs(experiment_id, tags).scalar_subquery()
-    queries = {
-        "runs": sa.select(
-            SqlRun.run_uuid.label("run_id"),
+    columns = {
+        SqlRun: [
             SqlRun.name.label("run_name"),
             SqlRun.status,
             SqlRun.start_time,
             SqlRun.end_time,
             SqlRun.user_id,
             SqlRun.artifact_uri,
-        ).where(SqlRun.run_uuid.in_(runs)),
-        "params": sa.select(SqlParam.run_uuid.label("run_id"), SqlParam.key, SqlParam.value).where(
-            SqlParam.run_uuid.in_(runs)
-        ),
-        "tags": sa.select(SqlTag.run_uuid.label("run_id"), SqlTag.key, SqlTag.value).where(
-            SqlTag.run_uuid.in_(runs)
-        ),
-        "latest_metrics": sa.select(
-            SqlLatestMetric.run_uuid.label("run_id"),
+        ],
+        SqlParam: [SqlParam.key, SqlParam.value],
+        SqlTag: [SqlTag.key, SqlTag.value],
+        SqlLatestMetric: [
             SqlLatestMetric.key,
             _value(SqlLatestMetric),
             SqlLatestMetric.step,
             SqlLatestMetric.timestamp,
-        ).where(SqlLatestMetric.run_uuid.in_(runs)),
+        ],
     }
+    names = {SqlRun: "runs", SqlParam: "params", SqlTag: "tags", SqlLatestMetric: "latest_metrics"}
     frames: dict[str, pd.DataFrame] = {}
     with _connect(_engine(uri)) as conn:
-        for name, query in queries.items():
-            frames[name] = _frame(conn, query)
+        for model, selected in columns.items():
+            query = sa.select(model.run_uuid.label("run_id"), *selected)
+            frames[names[model]] = _frame(conn, _scoped(query, model.run_uuid, experiment_id, tags))
         if history_keys is not None:
-            frames["metrics"] = _histories(conn, runs, list(history_keys), history_run_ids)
+            query = sa.select(
+                SqlMetric.run_uuid.label("run_id"),
+                SqlMetric.key,
+                _value(SqlMetric),
+                SqlMetric.step,
+                SqlMetric.timestamp,
+            ).where(SqlMetric.key.in_(list(history_keys)))
+            query = _scoped(query, SqlMetric.run_uuid, experiment_id, tags)
+            frames["metrics"] = _histories(conn, query, history_run_ids)
     return frames
 
 
-def _histories(conn, runs, keys: list[str], run_ids: Iterable[str] | None) -> pd.DataFrame:
-    query = sa.select(
-        SqlMetric.run_uuid.label("run_id"),
-        SqlMetric.key,
-        _value(SqlMetric),
-        SqlMetric.step,
-        SqlMetric.timestamp,
-    ).where(SqlMetric.key.in_(keys), SqlMetric.run_uuid.in_(runs))
+def _histories(conn, query, run_ids: Iterable[str] | None) -> pd.DataFrame:
     if run_ids is None:
         return _frame(conn, query)
     parts = [

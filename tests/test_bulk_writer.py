@@ -426,6 +426,11 @@ time.sleep(60)
 @pytest.mark.slow
 @pytest.mark.parametrize("delay_s", [0.0, 0.05, 1.0])
 def test_a_writer_killed_during_its_commit_leaves_all_or_nothing(store, tmp_path, delay_s):
+    """SIGKILL as the write transaction commits: the store then holds all runs or none.
+
+    The commit of this chunk took about 0.1 s on the development machine, so the delays
+    kill it at its start, in its middle and (most likely) after it.
+    """
     uri = store
     experiment_id = Tracker(uri, "exp").experiment_id
     kept = bulk.write_runs(uri, experiment_id, make_records("a", 3))

@@ -60,3 +60,14 @@ def test_bulk_writer_matches_the_client_path_on_postgresql(postgres_url, tmp_pat
             (r.info.run_id, "final_train_loss"): r.data.metrics["final_train_loss"] for r in runs
         }
         assert len(frames["metrics"]) == 2 * len(runs)
+        two = sorted(r.info.run_id for r in runs)[:2]
+        sample = bulk.read_experiment(
+            postgres_url, experiments[label], history_keys=["probe"], history_run_ids=two
+        )["metrics"]
+        assert sorted(
+            zip(sample["run_id"], sample["step"], sample["value"], strict=True)
+        ) == sorted(
+            (run_id, m.step, m.value)
+            for run_id in two
+            for m in client.get_metric_history(run_id, "probe")
+        )
