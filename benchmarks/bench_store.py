@@ -13,9 +13,9 @@ directory, it prints
 3. the store grown to --store-runs runs with write_runs (the filler runs carry no
    artifacts, which do not matter below), then find_runs_by_key for every key of the store,
    for 100 keys, and for all keys (keys=None);
-4. read_experiment of the whole experiment (runs, params, tags, latest metrics, plus the
-   train_loss history of 1,000 runs), in a child process: its time and the child's peak
-   resident set size (everything it held, pandas and MLflow included).
+4. read_experiment of the whole experiment (runs, params, tags, latest metrics), then the
+   train_loss history of 1,000 runs (read_histories), in a child process: its time and
+   the child's peak resident set size (everything it held, pandas and MLflow included).
 
 Times exclude building the RunRecords (the pipeline builds them while training).
 """
@@ -138,14 +138,12 @@ def write_in_chunks(uri: str, experiment_id: str, first: int, count: int, chunk:
 
 def read_child(uri: str, experiment_id: str) -> None:
     """Child process: read_experiment with one history; prints seconds and peak RSS."""
-    from pipeline.bulk import read_experiment
+    from pipeline.bulk import read_experiment, read_histories
 
     start, cpu = time.perf_counter(), time.process_time()
     frames = read_experiment(uri, experiment_id, tags={"deadunits.role": "run"})
     sample = frames["runs"]["run_id"].sample(min(1000, len(frames["runs"])), random_state=0)
-    history = read_experiment(
-        uri, experiment_id, history_keys=["train_loss"], history_run_ids=sample
-    )["metrics"]
+    history = read_histories(uri, experiment_id, ["train_loss"], sample)
     seconds = time.perf_counter() - start
     cpu = time.process_time() - cpu
     rows = {name: len(frame) for name, frame in frames.items()}

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import cache
+from itertools import chain
 from pathlib import Path
 
 import pandas as pd
@@ -461,7 +462,9 @@ def find_runs_by_key(
     by_id: dict[str, RunSummary] = {}
     with _connect(_engine(uri)) as conn:
         for chunk_query in queries:
-            for run_id, status, start, key, tag_key, tag_value in conn.execute(chunk_query):
+            for run_id, status, start, key, tag_key, tag_value in chain.from_iterable(
+                _fetch(conn, chunk_query)
+            ):
                 if keys is not None and key not in keys:
                     continue
                 summary = by_id.get(run_id)
@@ -490,80 +493,101 @@ def read_experiment(
 
     Returns frames "runs" (run_id, run_name, status, start_time, end_time, user_id,
     artifact_uri), "params" and "tags" (run_id, key, value), "latest_metrics" (run_id, key,
-    value, step, timestamp) and, when history_keys is given, "metrics": every logged point of
-    those keys (of history_run_ids only, when given). `tags` keeps only runs carrying every
-    one of these tag values (e.g. {"deadunits.role": "run"}). Metric values are what MLflow
-    returns: NaN for NaN, +-1.7976931348623157e308 for +-inf. Rows come in no set order.
+    value, step, timestamp) and, when history_keys is given, "metrics" (see read_histories).
+    `tags` keeps only runs carrying every one of these tag values (e.g.
+    {"deadunits.role": "run"}). Metric values are what MLflow returns: NaN for NaN,
+    +-1.7976931348623157e308 for +-inf. Rows come in no set order.
     """
     columns = {
-        SqlRun: [
-            SqlRun.name.label("run_name"),
-            SqlRun.status,
-            SqlRun.start_time,
-            SqlRun.end_time,
-            SqlRun.user_id,
-            SqlRun.artifact_uri,
-        ],
-        SqlParam: [SqlParam.key, SqlParam.value],
-        SqlTag: [SqlTag.key, SqlTag.value],
-        SqlLatestMetric: [
-            SqlLatestMetric.key,
-            _value(SqlLatestMetric),
-            SqlLatestMetric.step,
-            SqlLatestMetric.timestamp,
-        ],
+        "runs": (
+            SqlRun,
+            [
+                SqlRun.name.label("run_name"),
+                SqlRun.status,
+                SqlRun.start_time,
+                SqlRun.end_time,
+                SqlRun.user_id,
+                SqlRun.artifact_uri,
+            ],
+        ),
+        "params": (SqlParam, [SqlParam.key, SqlParam.value]),
+        "tags": (SqlTag, [SqlTag.key, SqlTag.value]),
+        "latest_metrics": (
+            SqlLatestMetric,
+            [
+                SqlLatestMetric.key,
+                _value(SqlLatestMetric),
+                SqlLatestMetric.step,
+                SqlLatestMetric.timestamp,
+            ],
+        ),
     }
-    names = {SqlRun: "runs", SqlParam: "params", SqlTag: "tags", SqlLatestMetric: "latest_metrics"}
     frames: dict[str, pd.DataFrame] = {}
     with _connect(_engine(uri)) as conn:
-        for model, selected in columns.items():
+        for name, (model, selected) in columns.items():
             query = sa.select(model.run_uuid.label("run_id"), *selected)
-            frames[names[model]] = _frame(conn, _scoped(query, model.run_uuid, experiment_id, tags))
-        if history_keys is not None:
-            query = sa.select(
-                SqlMetric.run_uuid.label("run_id"),
-                SqlMetric.key,
-                _value(SqlMetric),
-                SqlMetric.step,
-                SqlMetric.timestamp,
-            ).where(SqlMetric.key.in_(list(history_keys)))
-            query = _scoped(query, SqlMetric.run_uuid, experiment_id, tags)
-            frames["metrics"] = _histories(conn, query, history_run_ids)
+            frames[name] = _frame(conn, _scoped(query, model.run_uuid, experiment_id, tags))
+    if history_keys is not None:
+        frames["metrics"] = read_histories(uri, experiment_id, history_keys, history_run_ids, tags)
     return frames
 
 
-def _histories(conn, query, run_ids: Iterable[str] | None) -> pd.DataFrame:
-    if run_ids is None:
-        return _frame(conn, query)
-    parts = [
-        _frame(conn, query.where(SqlMetric.run_uuid.in_(chunk)))
-        for chunk in _chunks(sorted(set(run_ids)), IN_CHUNK)
-    ]
-    if not parts:
-        return _frame(conn, query.where(sa.false()))
+def read_histories(
+    uri: str,
+    experiment_id: str,
+    keys: Iterable[str],
+    run_ids: Iterable[str] | None = None,
+    tags: dict[str, str] | None = None,
+) -> pd.DataFrame:
+    """Every logged point (run_id, key, value, step, timestamp) of these metric keys, of the
+    experiment's active runs (of run_ids only, when given; sent in IN lists of IN_CHUNK)."""
+    query = sa.select(
+        SqlMetric.run_uuid.label("run_id"),
+        SqlMetric.key,
+        _value(SqlMetric),
+        SqlMetric.step,
+        SqlMetric.timestamp,
+    ).where(SqlMetric.key.in_(list(keys)))
+    query = _scoped(query, SqlMetric.run_uuid, experiment_id, tags)
+    with _connect(_engine(uri)) as conn:
+        if run_ids is None:
+            return _frame(conn, query)
+        parts = [
+            _frame(conn, query.where(SqlMetric.run_uuid.in_(chunk)))
+            for chunk in _chunks(sorted(set(run_ids)), IN_CHUNK)
+        ]
+        if not parts:
+            return _frame(conn, query.where(sa.false()))
     return pd.concat(parts, ignore_index=True)
 
 
-def _frame(conn, query, batch: int = FETCH_BATCH) -> pd.DataFrame:
-    """What pandas.read_sql returns, without SQLAlchemy's row objects.
+def _fetch(conn, query, batch: int = FETCH_BATCH) -> Iterator[list[tuple]]:
+    """The query's rows as the driver's tuples, a batch at a time.
 
-    The query runs on the driver's own cursor: building a SQLAlchemy Row per row took
-    half the time of pandas.read_sql. Rows are fetched and turned into frames a batch at a
-    time, so the driver's tuples of one batch only are alive at once.
+    On the driver's own cursor: building a SQLAlchemy Row per row took half the time of
+    pandas.read_sql.
     """
     compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = compiled.params
     if compiled.positiontup is not None:
         params = tuple(params[name] for name in compiled.positiontup)
-    columns = [column.name for column in query.selected_columns]
     cursor = conn.connection.cursor()
     try:
         cursor.execute(compiled.string, params)
-        parts = []
         while rows := cursor.fetchmany(batch):
-            parts.append(pd.DataFrame.from_records(rows, columns=columns, coerce_float=True))
+            yield rows
     finally:
         cursor.close()
+
+
+def _frame(conn, query) -> pd.DataFrame:
+    """What pandas.read_sql returns, built a batch at a time (only one batch of the driver's
+    tuples is alive at once)."""
+    columns = [column.name for column in query.selected_columns]
+    parts = [
+        pd.DataFrame.from_records(rows, columns=columns, coerce_float=True)
+        for rows in _fetch(conn, query)
+    ]
     if not parts:
         return pd.DataFrame(columns=columns)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
