@@ -148,7 +148,7 @@ RUN_COLUMNS = ["run_id", "run_name", "status", "start_time", "end_time", *TAG_CO
 
 
 def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
-    """One row per run: identity, outcome, typed config params, typed metrics."""
+    """One row per run (MLflow Run objects): identity, outcome, typed params and metrics."""
     records = [
         (
             run.info.run_id,
@@ -163,6 +163,42 @@ def runs_to_frame(runs: Sequence) -> tuple[pd.DataFrame, list[str], list[str]]:
     frame = pd.DataFrame.from_records(records, columns=RUN_COLUMNS)
     param_frame = pd.DataFrame.from_records([r.data.params for r in runs], index=frame.index)
     metric_frame = pd.DataFrame.from_records([r.data.metrics for r in runs], index=frame.index)
+    return typed_frame(frame, param_frame, metric_frame)
+
+
+def tables_to_frame(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The same frame from a database store's tables in long form (pipeline.bulk)."""
+    runs = tables["runs"].set_index("run_id")
+    tags = _wide(tables["tags"], runs.index)
+    frame = pd.DataFrame(
+        {
+            "run_id": runs.index,
+            "run_name": runs["run_name"].to_numpy(),
+            "status": runs["status"].to_numpy(),
+            "start_time": runs["start_time"].to_numpy(),
+            "end_time": runs["end_time"].to_numpy(),
+            **{
+                column: (tags[tag] if tag in tags else pd.Series(None, index=runs.index)).to_numpy()
+                for column, tag in TAG_COLUMNS.items()
+            },
+        }
+    )
+    param_frame = _wide(tables["params"], runs.index).set_axis(frame.index)
+    metric_frame = _wide(tables["latest_metrics"], runs.index).set_axis(frame.index)
+    return typed_frame(frame, param_frame, metric_frame)
+
+
+def _wide(long: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    """(run_id, key, value) rows -> one column per key, one row per run of `index`."""
+    wide = long.pivot(index="run_id", columns="key", values="value")
+    wide.columns.name = None
+    return wide.reindex(index)
+
+
+def typed_frame(
+    frame: pd.DataFrame, param_frame: pd.DataFrame, metric_frame: pd.DataFrame
+) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """Run columns, params and metrics (same index) -> the typed frame the report reads."""
     # A parameter named like a run column or a metric keeps its data under a prefix.
     taken = set(frame.columns) | set(metric_frame.columns) | set(_DERIVED_COLUMNS)
     param_frame.columns = [f"param:{c}" if c in taken else c for c in param_frame.columns]
@@ -214,14 +250,14 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
     """All training runs of `experiment` (only those of `sweep_id` if given)."""
     found = find_experiment(client, experiment, uri)
     started = time.perf_counter()
-    runs = search_child_runs(client, found.experiment_id, sweep_id)
-    if not runs:
+    runs = read_child_runs(client, uri, found.experiment_id, sweep_id)
+    if runs is None:
         if sweep_id is not None:
             raise AnalysisError(f"no runs with sweep_id '{sweep_id}' in experiment '{experiment}'")
         raise AnalysisError(
             f"experiment '{experiment}' has no training runs (tag {schema.ROLE_TAG}={schema.ROLE_RUN})"
         )
-    frame, params, metrics = runs_to_frame(runs)
+    frame, params, metrics = runs
     parent = sweep_parent(client, found.experiment_id, sweep_id) if sweep_id else None
     return LoadedRuns(
         frame=frame,
@@ -234,6 +270,22 @@ def load_runs(client, uri: str, experiment: str, sweep_id: str | None = None) ->
         load_seconds=time.perf_counter() - started,
         sweep_parent=parent,
     )
+
+
+def read_child_runs(client, uri: str, experiment_id: str, sweep_id: str | None):
+    """The typed frame of the training runs, None if there are none: one query per table on
+    a database store (pipeline.bulk), MLflow's search_runs on a tracking server."""
+    from pipeline.bulk import bulk_support, read_experiment
+
+    if bulk_support(uri, experiment_id) is not None:
+        runs = search_child_runs(client, experiment_id, sweep_id)
+        return runs_to_frame(runs) if runs else None
+    wanted = {schema.ROLE_TAG: schema.ROLE_RUN}
+    if sweep_id is not None:
+        run_filter(sweep_id)  # refuses a malformed id as the search_runs path does
+        wanted[schema.TAG_SWEEP_ID] = sweep_id
+    tables = read_experiment(uri, experiment_id, tags=wanted)
+    return tables_to_frame(tables) if len(tables["runs"]) else None
 
 
 def sweep_parent(client, experiment_id: str, sweep_id: str):

@@ -46,15 +46,13 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, _validate_metric, _validate_param
 
+from pipeline.schema import OWNER_TAG_PREFIX, RESUME_TAGS, TAG_CONFIG_KEY
 from pipeline.store import first_line, redact_uri, sqlite_path
-from pipeline.tracking import ROLE_TAG, RunRecord, local_artifact_dir
+from pipeline.tracking import RunRecord, local_artifact_dir
 
 # Alembic revisions of MLflow's tracking schema this module was tested on, and by which
 # MLflow version.
 TESTED_REVISIONS = {"dc11669786a5": "MLflow 3.17.2"}
-CONFIG_KEY_TAG = "config_key"
-# The tags a resume needs besides the status: deadunits.host, deadunits.pid, deadunits.role...
-OWN_TAG_PREFIX = ROLE_TAG.split(".")[0] + "."
 # Bound parameters per IN list: below SQLite's oldest limit (999) with room to spare.
 IN_CHUNK = 500
 # Above this many keys, reading every key of the experiment once beats chunked IN lists.
@@ -85,7 +83,7 @@ class RunSummary:
     status: str
     config_key: str
     start_time: int | None
-    tags: dict[str, str] = field(default_factory=dict)  # the deadunits.* tags only
+    tags: dict[str, str] = field(default_factory=dict)  # deadunits.* and schema.RESUME_TAGS
 
 
 # --- engine and checks ---------------------------------------------------------------------
@@ -294,7 +292,7 @@ def _rows(records: list[RunRecord], experiment_id: str, artifact_location: str) 
                 "entry_point_name": "",
                 "user_id": tags.get(MLFLOW_USER, "unknown"),
                 "status": status,
-                "start_time": now,
+                "start_time": min(record.started_ms, now),
                 "end_time": now,
                 "deleted_time": None,
                 "source_version": "",
@@ -443,10 +441,13 @@ def find_runs_by_key(
             own_tag.key.label("tag_key"),
             own_tag.value.label("tag_value"),
         )
-        .join(key_tag, sa.and_(key_tag.run_uuid == SqlRun.run_uuid, key_tag.key == CONFIG_KEY_TAG))
+        .join(key_tag, sa.and_(key_tag.run_uuid == SqlRun.run_uuid, key_tag.key == TAG_CONFIG_KEY))
         .outerjoin(
             own_tag,
-            sa.and_(own_tag.run_uuid == SqlRun.run_uuid, own_tag.key.startswith(OWN_TAG_PREFIX)),
+            sa.and_(
+                own_tag.run_uuid == SqlRun.run_uuid,
+                sa.or_(own_tag.key.startswith(OWNER_TAG_PREFIX), own_tag.key.in_(RESUME_TAGS)),
+            ),
         )
         .where(
             SqlRun.experiment_id == int(experiment_id),
@@ -474,7 +475,9 @@ def find_runs_by_key(
                     summary = by_id[run_id] = RunSummary(run_id, status, key, start)
                     found.setdefault(key, []).append(summary)
                 # LIKE may ignore case on some databases; keep the exact prefix only.
-                if tag_key is not None and tag_key.startswith(OWN_TAG_PREFIX):
+                if tag_key is not None and (
+                    tag_key.startswith(OWNER_TAG_PREFIX) or tag_key in RESUME_TAGS
+                ):
                     summary.tags[tag_key] = tag_value
     return found
 

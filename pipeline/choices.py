@@ -1,4 +1,4 @@
-"""Allowed values of the training keys, declared once: the engines dispatch through these
+"""Allowed values of the training and logging keys, declared once: the engines dispatch through these
 registries, validation checks against them, and the README's override table is made from
 them (`python -m pipeline.choices` prints it). TensorFlow-free.
 
@@ -63,6 +63,12 @@ ENGINES = {
     ),
 }
 
+WRITERS = {
+    "auto": "bulk where the store allows it, else client; says which in one line",
+    "bulk": "a chunk of runs per SQL transaction through MLflow's tables (sqlite, postgresql)",
+    "client": "MLflow's client: three calls a run",
+}
+
 
 def override_table() -> str:
     """The README's table of allowed values, from the registries."""
@@ -75,6 +81,7 @@ def override_table() -> str:
         ("train.optimizer", ", ".join(OPTIMIZERS)),
         ("train.loss", ", ".join(LOSSES)),
         ("train.engine", ", ".join(ENGINES)),
+        ("tracking.writer", ", ".join(WRITERS)),
     ]
     lines = ["| key | allowed values |", "|---|---|"]
     lines += [f"| `{key}` | {values} |" for key, values in rows]

@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pipeline.config import CONFIG_DIR, group_options, is_group
 from pipeline.preflight import check_override_syntax, describe_compose_error, fail, preflight
+from pipeline.store import StoreUnavailable
 
 log = logging.getLogger("deadunits")
 
@@ -65,7 +66,10 @@ def _is_hydra(override) -> bool:
 def app(cfg: DictConfig) -> dict[str, int]:
     from pipeline.job import run_job  # imports MLflow and scikit-learn: only once input is valid
 
-    summary = run_job(cfg)
+    try:
+        summary = run_job(cfg)
+    except StoreUnavailable as error:  # a writer the store cannot take; nothing trained yet
+        fail(str(error))
     if cfg.tracking.sweep_id is None:
         log.info("runs: %s", ", ".join(f"{k} {v}" for k, v in sorted(summary.items())) or "none")
     return summary

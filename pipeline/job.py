@@ -15,6 +15,7 @@ import logging
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 
 import numpy as np
 
@@ -26,9 +27,12 @@ from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.numerics import numerics_tags
 from pipeline.probe import ProbeResult, probe
 from pipeline.store import resolve_tracking_uri
-from pipeline.tracking import RunRecord, Tracker, flat_config, to_yaml
+from pipeline.tracking import RunRecord, Tracker, choose_writer, flat_config, to_yaml
 
 log = logging.getLogger("deadunits")
+# Runs per bulk transaction: SQLite holds its write lock for the whole insert, and parallel
+# workers wait for it, so a chunk stays around a second of writing.
+BULK_CHUNK = 1000
 
 
 @dataclass
@@ -74,8 +78,12 @@ def run_job(cfg) -> dict[str, int]:
     members = prepare_members(cfg, flat, tracker, data, todo, keys)
     if cfg.train.engine == "keras":
         train_live(cfg, tracker, data, members, summary)
-    else:
-        train_batched(cfg, tracker, data, members, summary)
+        return summary.as_dict()
+    writer = cfg.tracking.writer
+    if cfg.tracking.sweep_id is None:  # a sweep's jobs get the writer their sweeper chose
+        writer, why = choose_writer(tracker, writer)
+        log.info(why)
+    train_batched(cfg, tracker, data, members, summary, bulk=writer == "bulk")
     return summary.as_dict()
 
 
@@ -105,12 +113,13 @@ def prepare_members(
         }
         record = RunRecord(schema.run_name(flat, seed), schema.run_params(flat, seed), tags)
         record.add_metrics({**init_metrics, schema.HIDDEN_UNITS: at_init.hidden_units})
-        record.artifacts = {
-            "config.yaml": to_yaml(
-                flat_to_nested({**{k: flat[k] for k in record.params}, "seed": seed})
-            ),
-            "initial_weights.json": weights_json(weights[index]),
-        }
+        if cfg.tracking.artifacts:
+            record.artifacts = {
+                "config.yaml": to_yaml(
+                    flat_to_nested({**{k: flat[k] for k in record.params}, "seed": seed})
+                ),
+                "initial_weights.json": weights_json(weights[index]),
+            }
         members.append(Member(seed, keys[seed], weights[index], record))
     return members
 
@@ -170,18 +179,27 @@ def train_live(
 
 
 def train_batched(
-    cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary
+    cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary, bulk: bool
 ) -> None:
-    """Batched engine: train members together; log each finished run on a background thread."""
+    """Batched engine: train members together; finished runs are logged on background
+    threads while training goes on, a chunk of runs per transaction with the bulk writer."""
     train = get_engine("batched")
     waiting = {m.seed: m for m in members}
+    log_runs = partial(log_bulk, tracker) if bulk else partial(log_one_by_one, tracker)
+    chunk = BULK_CHUNK if bulk else 1
+    buffer: list[RunRecord] = []
     pending: list[Future] = []
 
-    def submit(record: RunRecord) -> None:
-        pending.append(logger.submit(tracker.log_complete, record))
-        summary.counts[_outcome(record.tags, record.status)] += 1
+    def submit(record: RunRecord | None) -> None:
+        if record is not None:
+            buffer.append(record)
+            summary.counts[_outcome(record.tags, record.status)] += 1
+        if buffer and (record is None or len(buffer) >= chunk):
+            pending.append(logger.submit(log_runs, buffer.copy()))
+            buffer.clear()
 
-    with ThreadPoolExecutor(max_workers=cfg.tracking.log_workers) as logger:
+    workers = 1 if bulk else cfg.tracking.log_workers
+    with ThreadPoolExecutor(max_workers=workers) as logger:
         try:
             for result in train(
                 cfg.train, cfg.model, data, list(waiting), [m.weights for m in members]
@@ -198,8 +216,30 @@ def train_batched(
                 )
                 submit(member.record.merged(failed))
         finally:
+            submit(None)  # what is trained is logged, even on Ctrl-C
             for future in pending:
                 future.result()
+
+
+def log_one_by_one(tracker: Tracker, records: list[RunRecord]) -> None:
+    for record in records:
+        tracker.log_complete(record)
+
+
+def log_bulk(tracker: Tracker, records: list[RunRecord]) -> None:
+    """One transaction for the chunk; a chunk the bulk writer refuses (one bad value fails it
+    whole) goes through the client, run by run, so only a bad run fails."""
+    from pipeline.bulk import write_runs
+
+    try:
+        write_runs(tracker.uri, tracker.experiment_id, records)
+    except Exception as error:
+        log.warning(
+            "bulk write of %d runs failed (%s); logging them one by one",
+            len(records),
+            _one_line(error),
+        )
+        log_one_by_one(tracker, records)
 
 
 def _outcome(tags: dict[str, str], status: str) -> str:

@@ -12,7 +12,13 @@ import sys
 from typing import NoReturn
 
 from pipeline.config import group_options
-from pipeline.store import StoreUnavailable, check_store, first_line, resolve_tracking_uri
+from pipeline.store import (
+    StoreUnavailable,
+    check_store,
+    first_line,
+    resolve_tracking_uri,
+    uri_scheme,
+)
 from pipeline.validate import ConfigError, validate
 
 EXIT_BAD_INPUT = 2
@@ -32,9 +38,25 @@ def preflight(cfg) -> str:
         validate(cfg)
         uri = resolve_tracking_uri(cfg.tracking.uri)
         check_store(uri, cfg.tracking.timeout_s)
+        check_writer(cfg.tracking.writer, uri)
     except (ConfigError, StoreUnavailable) as error:
         fail(str(error))
     return uri
+
+
+def check_writer(writer: str, uri: str) -> None:
+    """tracking.writer=bulk needs a database store; the rest is checked on the store itself
+    (its MLflow schema revision) when the command opens it."""
+    if writer != "bulk":
+        return
+    from pipeline.bulk import DIALECTS
+
+    if uri_scheme(uri) not in DIALECTS:
+        raise ConfigError(
+            "tracking.writer",
+            f"bulk needs a database store ({', '.join(DIALECTS)}), not {uri_scheme(uri)!r}; "
+            "use auto or client",
+        )
 
 
 def check_override_syntax(overrides: list[str]) -> None:

@@ -33,6 +33,10 @@ TAG_PID = "deadunits.pid"
 TAG_PROCESS_START = "deadunits.process_start"
 TAG_TENSORFLOW_VERSION = "tensorflow_version"
 TAG_ONEDNN = "onednn"
+# What a resume or a sweep's summary reads of existing runs besides their status:
+# the owner tags (all `deadunits.*`) and the diverged flag.
+OWNER_TAG_PREFIX = "deadunits."
+RESUME_TAGS = (TAG_DIVERGED,)
 # MLflow's own tags.
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

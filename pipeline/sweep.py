@@ -29,11 +29,12 @@ from tqdm import tqdm
 
 from pipeline import schema
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
-from pipeline.store import first_line
-from pipeline.tracking import Tracker, flat_config, git_commit, process_tags
+from pipeline.store import StoreUnavailable, first_line
+from pipeline.tracking import Tracker, choose_writer, flat_config, git_commit, process_tags
 
 log = logging.getLogger("deadunits")
 MAX_PARAM_LENGTH = 6000
+WRITER_KEY = "tracking.writer"
 
 
 @dataclass
@@ -123,6 +124,13 @@ class GroupingSweeper(Sweeper):
             )
             return []
         sweep = SweepRun(tracker, arguments, cells, sweep_signature(list(keys.values())))
+        if any(cell.batched for cell in cells):
+            try:
+                sweep.writer, why = choose_writer(tracker, tracking.writer)
+            except StoreUnavailable as error:
+                sweep.close("FAILED", sweep_totals(tracker, set(keys.values())), Counter())
+                fail(str(error))
+            print(why, file=sys.stderr)
         job_list = [job for cell in cells for job in job_overrides(cell, sweep)]
         counts: Counter = Counter(skipped=skipped)
         started = time.time()
@@ -207,7 +215,8 @@ def select_todo(tracker: Tracker, cells: list[Cell], keys: dict[tuple[int, int],
 
 
 def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
-    """A job's overrides: the cell's, its parent run, and its seeds (one, or all of a batch)."""
+    """A job's overrides: the cell's, its parent run, and its seeds (one, or all of a batch);
+    a batched job also gets the writer the sweep chose."""
     common = [
         *cell.overrides,
         f"tracking.parent_run_id={sweep.parent_run_id}",
@@ -216,7 +225,9 @@ def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
     if not cell.todo:
         return []
     if cell.batched:
-        return [[*common, f"seeds=[{','.join(str(s) for s in cell.todo)}]"]]
+        chosen = [o for o in common if not o.startswith(f"{WRITER_KEY}=")]
+        chosen.append(f"{WRITER_KEY}={sweep.writer}")
+        return [[*chosen, f"seeds=[{','.join(str(s) for s in cell.todo)}]"]]
     return [[*common, f"seed={seed}"] for seed in cell.todo]
 
 
@@ -230,6 +241,7 @@ class SweepRun:
     def __init__(self, tracker: Tracker, arguments: list[str], cells: list[Cell], signature: str):
         self.tracker = tracker
         self.signature = signature
+        self.writer = "client"  # the batched jobs' writer, once the sweep has chosen it
         self.owned = True
         self.resumed = False
         client = tracker.client
@@ -327,7 +339,7 @@ def sweep_totals(tracker: Tracker, keys: set[str]) -> Counter:
     totals: Counter = Counter(planned=len(keys))
     for key in keys:
         outcomes = {
-            schema.outcome(r.info.status, r.data.tags.get(schema.TAG_DIVERGED) == "true")
+            schema.outcome(r.status, r.tags.get(schema.TAG_DIVERGED) == "true")
             for r in runs.get(key, [])
         }
         for name in (schema.FINISHED, schema.RUNNING, schema.DIVERGED, schema.FAILED):

@@ -15,7 +15,7 @@ import subprocess
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -26,7 +26,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
 from pipeline import schema
-from pipeline.store import PROJECT_ROOT, sqlite_path
+from pipeline.store import PROJECT_ROOT, StoreUnavailable, sqlite_path
 
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # one log_batch's limits
 
@@ -81,6 +81,7 @@ class RunRecord:
     metrics: list[Metric] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
     status: str = "FINISHED"
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
 
     def merged(self, other: RunRecord) -> RunRecord:
         """This record with another's params, tags, metrics and status added."""
@@ -91,6 +92,7 @@ class RunRecord:
             self.metrics + other.metrics,
             {**self.artifacts, **other.artifacts},
             other.status,
+            self.started_ms,
         )
 
     def add_metrics(self, values: dict[str, float], step: int = 0) -> None:
@@ -197,6 +199,7 @@ class Tracker:
         """Create a RUNNING run carrying everything known so far."""
         run = self.client.create_run(
             self.experiment_id,
+            start_time=record.started_ms,
             tags={**record.tags, schema.TAG_RUN_NAME: record.name},
             run_name=record.name,
         )
@@ -240,8 +243,21 @@ class Tracker:
         self.finish(run_id, record.status)
         return run_id
 
+    @cached_property
+    def bulk_problem(self) -> str | None:
+        """Why the bulk writer and readers cannot use this store (None: they can)."""
+        from pipeline.bulk import bulk_support
+
+        return bulk_support(self.uri, self.experiment_id)
+
     def runs_by_key(self, keys: set[str] | None = None) -> dict[str, list]:
-        """Existing runs of this experiment grouped by config key (all of them when keys is None)."""
+        """Existing runs of this experiment by config key (every key when keys is None), as
+        summaries: run id, status and the tags a resume reads. One SQL query on a database
+        store; MLflow's search_runs elsewhere (a tracking server)."""
+        from pipeline.bulk import RunSummary, find_runs_by_key
+
+        if self.bulk_problem is None:
+            return find_runs_by_key(self.uri, self.experiment_id, keys)
         found: dict[str, list] = {}
         if keys is not None and len(keys) <= 20:
             filters = [f"tags.{schema.TAG_CONFIG_KEY} = '{key}'" for key in sorted(keys)]
@@ -256,7 +272,15 @@ class Tracker:
                 for run in page:
                     key = run.data.tags.get(schema.TAG_CONFIG_KEY)
                     if key and (keys is None or key in keys):
-                        found.setdefault(key, []).append(run)
+                        tags = {
+                            k: v
+                            for k, v in run.data.tags.items()
+                            if k.startswith(schema.OWNER_TAG_PREFIX) or k in schema.RESUME_TAGS
+                        }
+                        summary = RunSummary(
+                            run.info.run_id, run.info.status, key, run.info.start_time, tags
+                        )
+                        found.setdefault(key, []).append(summary)
                 token = page.token
                 if not token:
                     break
@@ -269,9 +293,10 @@ class Tracker:
         done = set()
         for key, runs in self.runs_by_key(keys).items():
             for run in runs:
-                if run.info.status == "RUNNING" and not owner_alive(run.data.tags):
-                    self.finish(run.info.run_id, "KILLED")
-                elif run.info.status in ("FINISHED", "RUNNING"):
+                if run.status == "RUNNING" and not owner_alive(run.tags):
+                    self.finish(run.run_id, "KILLED")
+                    run.status = "KILLED"
+                elif run.status in ("FINISHED", "RUNNING"):
                     done.add(key)
         return set() if force else done
 
@@ -295,6 +320,19 @@ def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
         if again is None:
             raise
         return again.experiment_id
+
+
+def choose_writer(tracker: Tracker, requested: str) -> tuple[str, str]:
+    """The writer a command uses (bulk or client) and a line saying which and why.
+
+    Raises StoreUnavailable when bulk was asked for and this store cannot take it."""
+    if requested == "client":
+        return "client", "tracking.writer=client: MLflow's client, three calls a run"
+    if tracker.bulk_problem is None:
+        return "bulk", f"tracking.writer={requested}: bulk, a chunk of runs per SQL transaction"
+    if requested == "bulk":
+        raise StoreUnavailable(f"tracking.writer: bulk cannot write here: {tracker.bulk_problem}")
+    return "client", f"tracking.writer=auto: MLflow's client, since {tracker.bulk_problem}"
 
 
 def owner_alive(tags: dict[str, str]) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from numbers import Integral, Real
 
-from pipeline.choices import ENGINES, LOSSES, OPTIMIZERS
+from pipeline.choices import ENGINES, LOSSES, OPTIMIZERS, WRITERS
 from pipeline.config import group_options, seeds_of
 from pipeline.forward import ACTIVATIONS
 from pipeline.initializers import RAI
@@ -112,3 +112,8 @@ def validate(cfg) -> None:
         raise ConfigError("tracking.uri", f"{tracking.uri!r} is not a URI")
     _positive_number("tracking.timeout_s", tracking.timeout_s)
     _int_in("tracking.log_workers", tracking.log_workers, 1, 64)
+    _choice("tracking.writer", tracking.writer, WRITERS)
+    if not isinstance(tracking.artifacts, bool):
+        raise ConfigError(
+            "tracking.artifacts", f"{tracking.artifacts!r} is not allowed, expected true or false"
+        )

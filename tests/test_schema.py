@@ -124,19 +124,20 @@ def test_split_seed_takes_the_seed_out_of_a_job():
 
 
 class _Sweep:
-    parent_run_id, sweep_id = "p123", "s456"
+    parent_run_id, sweep_id, writer = "p123", "s456", "bulk"
 
 
 @pytest.mark.parametrize("engine", ["keras", "batched"])
 def test_job_overrides_carry_the_parent_and_one_form_of_seeds(engine):
     cfg = OmegaConf.create({"train": {"engine": engine}})
-    cell = Cell(["model.activation=relu"], cfg, [1, 2, 3], todo=[1, 3])
+    cell = Cell(["model.activation=relu", "tracking.writer=auto"], cfg, [1, 2, 3], todo=[1, 3])
     jobs = job_overrides(cell, _Sweep())
     common = ["model.activation=relu", "tracking.parent_run_id=p123", "tracking.sweep_id=s456"]
-    if engine == "batched":
-        assert jobs == [[*common, "seeds=[1,3]"]]
+    if engine == "batched":  # the writer the sweep chose replaces the one asked for
+        assert jobs == [[*common, "tracking.writer=bulk", "seeds=[1,3]"]]
         assert runs_in(jobs[0]) == 2
     else:
+        common.insert(1, "tracking.writer=auto")
         assert jobs == [[*common, "seed=1"], [*common, "seed=3"]]
         assert [runs_in(j) for j in jobs] == [1, 1]
     assert job_overrides(Cell([], cfg, [1], todo=[]), _Sweep()) == []

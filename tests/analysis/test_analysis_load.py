@@ -48,10 +48,27 @@ def test_typed_columns(study):
     assert pd.isna(failed["dead_at_init"]) and failed["error"] == "OOM: boom"
 
 
+def use_search_runs(monkeypatch):
+    """Read as from a tracking server: MLflow's search_runs instead of the SQL tables."""
+    monkeypatch.setattr("pipeline.bulk.bulk_support", lambda uri, experiment_id=None: "server")
+
+
 def test_pagination_follows_tokens(study, monkeypatch):
+    use_search_runs(monkeypatch)
     monkeypatch.setattr(load, "PAGE_SIZE", 5)
     frame = read(study).frame
     assert len(frame) == 24 and frame["run_id"].is_unique
+
+
+@pytest.mark.parametrize("sweep_id", [None, SWEEP_ID])
+def test_sql_tables_and_search_runs_give_the_same_frame(study, monkeypatch, sweep_id):
+    by_sql = read(study, sweep_id)
+    use_search_runs(monkeypatch)
+    by_search = read(study, sweep_id)
+    assert by_sql.param_columns == by_search.param_columns
+    assert by_sql.metric_columns == by_search.metric_columns
+    ordered = [x.frame.sort_values("run_id").reset_index(drop=True) for x in (by_sql, by_search)]
+    pd.testing.assert_frame_equal(*ordered)
 
 
 def test_sweep_filter(study):
