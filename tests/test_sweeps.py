@@ -82,7 +82,9 @@ def test_a_failing_run_does_not_break_the_sweep(store):
     assert parent.info.status == "FINISHED" and parent.data.metrics["runs_diverged"] == 2
 
 
-def start_sweep(store: str, *extra: str) -> subprocess.Popen:
+def start_sweep(
+    store: str, *extra: str, seeds: str = "range(0,4)", epochs: int = 6
+) -> subprocess.Popen:
     env = child_env()
     return subprocess.Popen(
         [
@@ -90,8 +92,8 @@ def start_sweep(store: str, *extra: str) -> subprocess.Popen:
             "-m",
             "pipeline",
             "-m",
-            "seed=range(0,4)",
-            "train.epochs=6",
+            f"seed={seeds}",
+            f"train.epochs={epochs}",
             *extra,
             f"tracking.uri={store}",
         ],
@@ -135,6 +137,26 @@ def test_sigkill_mid_sweep_then_resume(store):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
 
 
+def test_sigkill_during_bulk_writing_then_resume(store):
+    """Batched cells written a chunk per transaction: a kill leaves whole chunks or none."""
+    cells = ["model.activation=relu,tanh,linear,leaky_relu", "train.engine=batched", *SMALL[1:]]
+    sweep = start_sweep(store, *cells, seeds="range(0,300)", epochs=1)
+    wait_for(store, lambda s: s["FINISHED"] >= 1)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    left = Counter(r.info.status for r in runs_of(store))
+    assert left["FINISHED"] % 300 == 0 and left["FINISHED"] < 1200 and not left["RUNNING"], left
+
+    resumed = start_sweep(store, *cells, seeds="range(0,300)", epochs=1)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-3000:]
+    assert "tracking.writer=auto: bulk" in err
+    children = runs_of(store)
+    by_key = Counter(r.data.tags["config_key"] for r in children)
+    assert len(by_key) == 1200 and set(by_key.values()) == {1}  # every run exactly once
+    assert Counter(r.info.status for r in children) == {"FINISHED": 1200}
+
+
 def test_ctrl_c_ends_the_sweep_cleanly(store):
     sweep = start_sweep(store)
     wait_for(store, lambda s: s["RUNNING"] == 1)
@@ -172,6 +194,7 @@ def test_parallel_joblib_workers_on_sqlite_lose_nothing(store):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert parent.data.metrics["runs_finished"] == 200
     assert "database is locked" not in result.stderr
+    assert "tracking.writer=auto: bulk" in result.stderr  # four processes bulk-writing
 
 
 def test_mlflow_run_entry_point(tmp_path):
