@@ -11,8 +11,10 @@ PORT ?= 5000
 # (Both turn off the server's GenAI job runner, which training runs do not use.)
 UI_STORE ?= sqlite:///$(CURDIR)/mlflow.db
 SERVER_DIR ?= $(CURDIR)/mlflow-server
+# `make slurm` keeps a local one-node SLURM cluster (with accounting) here.
+SLURM_DIR ?= $(CURDIR)/slurm-cluster
 
-.PHONY: venv run sweep report test lint format ui server bench clean
+.PHONY: venv run sweep report test lint format ui server slurm slurm-stop bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +50,12 @@ ui: venv
 
 server: venv
 	HOST=$(HOST) PORT=$(PORT) MLFLOW=$(abspath $(VENV))/bin/mlflow scripts/server.sh $(SERVER_DIR)
+
+slurm: ## start a local one-node SLURM cluster in SLURM_DIR; prints the SLURM_CONF to export
+	scripts/slurm.sh start $(SLURM_DIR)
+
+slurm-stop: ## stop the cluster `make slurm` started (its data stays in SLURM_DIR)
+	scripts/slurm.sh stop $(SLURM_DIR)
 
 clean:
 	rm -rf outputs multirun reports .pytest_cache test-artifacts
