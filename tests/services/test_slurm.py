@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.slurm import current_slurm_job, slurm_job_alive
+from pipeline.slurm import slurm_job_alive
 from pipeline.tracking import open_client
 from tests.conftest import PROJECT_ROOT, run_cli
 
@@ -70,6 +71,11 @@ def slurm_sweep(cluster, directory: Path, *overrides: str) -> tuple[str, str]:
     return uri, context
 
 
+def array_tasks(folder: Path) -> list[str]:
+    """The `ARRAY_TASK` folders submitit made, one per array task."""
+    return sorted(p.name for p in folder.iterdir() if re.fullmatch(r"\d+_\d+", p.name))
+
+
 def runs_by_role(uri: str) -> dict[str, list]:
     client = open_client(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
@@ -100,7 +106,7 @@ def test_keras_sweep_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     uri, context = slurm_sweep(slurm_cluster, tmp_path)
     assert_four_finished_runs_under_one_parent(uri, context)
     # One SLURM array task per run, all COMPLETED in the accounting.
-    submitted = sorted(p.name for p in (tmp_path / "submitit").iterdir() if "_" in p.name)
+    submitted = array_tasks(tmp_path / "submitit")
     array = submitted[0].split("_")[0]
     assert submitted == [f"{array}_{task}" for task in range(4)]
     states = slurm(slurm_cluster, "sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
@@ -111,11 +117,11 @@ def test_batched_cells_run_as_slurm_jobs(slurm_cluster, tmp_path):
     uri, context = slurm_sweep(slurm_cluster, tmp_path, "train.engine=batched")
     assert_four_finished_runs_under_one_parent(uri, context)
     # Two cells (relu, linear) of two seeds each: two array tasks.
-    submitted = [p for p in (tmp_path / "submitit").iterdir() if "_" in p.name]
-    assert len(submitted) == 2, context
+    array = array_tasks(tmp_path / "submitit")[0].split("_")[0]
+    assert array_tasks(tmp_path / "submitit") == [f"{array}_0", f"{array}_1"], context
 
 
-def test_array_tasks_see_their_own_slurm_job(slurm_cluster, tmp_path):
+def test_array_tasks_see_their_own_slurm_job(slurm_cluster, tmp_path, monkeypatch):
     # The printed JSON names the task as SLURM does (ARRAY_TASK) and its own unique job id.
     code = "import json; from pipeline.slurm import current_slurm_job as c; print(json.dumps(c()))"
     array = slurm(
@@ -135,11 +141,10 @@ def test_array_tasks_see_their_own_slurm_job(slurm_cluster, tmp_path):
     assert jobs[0]["job_id"] != jobs[1]["job_id"]  # every task has a job id of its own
     node = slurm(slurm_cluster, "sinfo", "-h", "-o", "%N").stdout.strip()
     assert {j["node"] for j in jobs} == {node}
-    accounted = slurm(
-        slurm_cluster, "sacct", "-n", "-X", "-P", "-j", jobs[1]["job_id"], "-o", "JobID"
-    )
-    assert accounted.stdout.split() == [f"{array}_1"]  # both names are the same job
-    assert current_slurm_job() is None or "SLURM_JOB_ID" in os.environ
+    # Both names of an ended task are understood.
+    monkeypatch.setenv("SLURM_CONF", str(slurm_cluster.conf))
+    assert slurm_job_alive(f"{array}_1") is False
+    assert slurm_job_alive(jobs[1]["job_id"]) is False
 
 
 def wait_for_alive(job_id: str, expected: bool, **kwargs) -> bool | None:
