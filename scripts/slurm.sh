@@ -14,6 +14,8 @@
 # Needs root and Debian's slurm-wlm, slurmdbd, munge and mariadb-server. The munge and mysql
 # users must reach DIR (choose it under /tmp or the project, not under a private home).
 set -euo pipefail
+# The daemons live in sbin, which is not on every PATH.
+PATH=$PATH:/usr/sbin:/sbin
 
 CLUSTER=deadunits
 DB=slurm_acct_db
