@@ -63,7 +63,7 @@ live_pid() {
 command=$1
 dir=${2:-slurm-cluster}
 [[ "$command" != start ]] || mkdir -p "$dir"
-dir=$(cd "$dir" 2>/dev/null && pwd) || dir=$(realpath -m "$dir")
+dir=$(cd "$dir" 2>/dev/null && pwd || realpath -m "$dir")
 etc=$dir/etc
 export SLURM_CONF=$etc/slurm.conf
 
