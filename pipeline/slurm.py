@@ -53,7 +53,7 @@ def current_slurm_job(environ: Mapping[str, str] | None = None) -> dict | None:
 
 
 def parse_states(text: str) -> list[str]:
-    """Job states from `squeue -h -o %T` or `sacct -n -X -P -o State` output.
+    """Job states from `squeue -h -t all -o %T` or `sacct -n -X -P -o State` output.
 
     sacct writes `CANCELLED by 0`; squeue may add a `+` (e.g. `CANCELLED+` when truncated).
     """
@@ -83,10 +83,12 @@ def slurm_job_alive(job_id: str, run: Runner = _run) -> bool | None:
     """Whether a SLURM job (`123`, or an array task `123_4`) may still run.
 
     squeue knows jobs until MinJobAge after they end; after that sacct (accounting) does.
-    None when neither knows the job or SLURM cannot be asked.
+    A cancelled job stays alive (COMPLETING) until its processes are gone, up to KillWait
+    after the cancel. None when neither knows the job or SLURM cannot be asked.
     """
     queries = (
-        ["squeue", "-h", "-j", str(job_id), "-o", "%T"],
+        # -t all: also the jobs that ended (squeue hides them by default).
+        ["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"],
         ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
     )
     for command in queries:
