@@ -1,0 +1,104 @@
+"""Which SLURM job this process runs in, and whether a SLURM job is still alive.
+
+Pure helpers on SLURM's environment variables and on `squeue`/`sacct` output; the only
+side effect is running those two programs in slurm_job_alive.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+
+# Job states after which a job never runs again (squeue --help / sacct's JOB STATE CODES).
+# Every other state (PENDING, RUNNING, COMPLETING, SUSPENDED, REQUEUED, ...) is alive.
+ENDED_STATES = frozenset(
+    {
+        "BOOT_FAIL",
+        "CANCELLED",
+        "COMPLETED",
+        "DEADLINE",
+        "FAILED",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "PREEMPTED",
+        "REVOKED",
+        "TIMEOUT",
+    }
+)
+QUERY_TIMEOUT_S = 30
+
+
+def current_slurm_job(environ: Mapping[str, str] | None = None) -> dict | None:
+    """The SLURM job this process runs in, or None outside SLURM.
+
+    `id` is the name to give squeue, sacct and scancel: `ARRAY_TASK` for an array task
+    (e.g. `41_3`), else the job id. `job_id` is SLURM_JOB_ID, unique per array task too.
+    """
+    env = os.environ if environ is None else environ
+    job_id = env.get("SLURM_JOB_ID")
+    if not job_id:
+        return None
+    array_job_id = env.get("SLURM_ARRAY_JOB_ID") or None
+    task = env.get("SLURM_ARRAY_TASK_ID")
+    array_task_id = int(task) if array_job_id and task not in (None, "") else None
+    return {
+        "id": f"{array_job_id}_{array_task_id}" if array_task_id is not None else job_id,
+        "job_id": job_id,
+        "array_job_id": array_job_id,
+        "array_task_id": array_task_id,
+        "node": env.get("SLURMD_NODENAME"),
+        "cluster": env.get("SLURM_CLUSTER_NAME"),
+    }
+
+
+def parse_states(text: str) -> list[str]:
+    """Job states from `squeue -h -t all -o %T` or `sacct -n -X -P -o State` output.
+
+    sacct writes `CANCELLED by 0`; squeue may add a `+` (e.g. `CANCELLED+` when truncated).
+    """
+    states = []
+    for line in text.splitlines():
+        words = line.split()
+        if words:
+            states.append(words[0].rstrip("+").upper())
+    return states
+
+
+def states_alive(states: list[str]) -> bool | None:
+    """True when any state is alive, False when all have ended, None when there are none."""
+    if not states:
+        return None
+    return any(state not in ENDED_STATES for state in states)
+
+
+Runner = Callable[[list[str]], subprocess.CompletedProcess]
+
+
+def _run(command: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=QUERY_TIMEOUT_S)
+
+
+def slurm_job_alive(job_id: str, run: Runner = _run) -> bool | None:
+    """Whether a SLURM job (`123`, or an array task `123_4`) may still run.
+
+    squeue knows jobs until MinJobAge after they end; after that sacct (accounting) does.
+    A cancelled job stays alive (COMPLETING) until its processes are gone, up to KillWait
+    after the cancel. None when neither knows the job or SLURM cannot be asked.
+    """
+    queries = (
+        # -t all: also the jobs that ended (squeue hides them by default).
+        ["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"],
+        ["sacct", "-n", "-X", "-P", "-j", str(job_id), "-o", "State"],
+    )
+    for command in queries:
+        try:
+            result = run(command)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        # squeue exits 1 ("Invalid job id specified") for a job it no longer holds.
+        if result.returncode == 0:
+            alive = states_alive(parse_states(result.stdout))
+            if alive is not None:
+                return alive
+    return None
