@@ -1,13 +1,18 @@
-"""Which SLURM job this process runs in, and whether a SLURM job is still alive.
+"""Which SLURM job this process runs in, whether a SLURM job is still alive, and ending jobs.
 
-Pure helpers on SLURM's environment variables and on `squeue`/`sacct` output; the only
-side effect is running those two programs in slurm_job_alive.
+Pure helpers on SLURM's environment variables and on `squeue`/`sacct` output; the side
+effects are running squeue, sacct and scancel, and the SIGTERM handler of a job.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Mapping
 
 # Job states after which a job never runs again (squeue --help / sacct's JOB STATE CODES).
@@ -102,3 +107,57 @@ def slurm_job_alive(job_id: str, run: Runner = _run) -> bool | None:
             if alive is not None:
                 return alive
     return None
+
+
+def slurm_available() -> bool:
+    """Whether this machine can ask SLURM about jobs (its client programs are installed)."""
+    return shutil.which("squeue") is not None or shutil.which("sacct") is not None
+
+
+def task_state(state: str, has_result: bool) -> str:
+    """What a submitit task's SLURM state and result file say: `done` (a result to read),
+    `stopped` (ended without one: cancelled, failed, timed out, its node lost) or `waiting`.
+
+    A COMPLETED task is done even while its result file is not yet visible (shared file
+    systems lag); submitit waits for it.
+    """
+    words = state.split()
+    name = words[0].rstrip("+").upper() if words else ""
+    if has_result or name == "COMPLETED":
+        return "done"
+    return "stopped" if name in ENDED_STATES else "waiting"
+
+
+def scancel(job_ids: list[str], run: Runner = _run) -> None:
+    """Cancel SLURM jobs (an array's id cancels all its tasks); jobs already gone are fine."""
+    if job_ids:
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            run(["scancel", *job_ids])
+
+
+def wait_until_ended(job_ids: list[str], timeout_s: float, poll_s: float = 1.0) -> bool:
+    """Poll until none of the jobs may still run (SLURM's KillWait bounds a cancelled job);
+    False when some still may after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while any(slurm_job_alive(job_id) for job_id in job_ids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
+def interrupt_on_sigterm() -> None:
+    """Make SLURM's SIGTERM (scancel, time limit) end a job like Ctrl-C: KeyboardInterrupt.
+
+    submitit ignores SIGTERM in its jobs, so a cancelled job would keep training until
+    SIGKILL and leave its run RUNNING; as KeyboardInterrupt, the run in progress is closed
+    KILLED. Only the first SIGTERM interrupts: later ones must not cut that cleanup short.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set in the main thread
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, handler)
