@@ -215,8 +215,9 @@ def test_a_cancelled_job_is_no_longer_alive(slurm_cluster, monkeypatch):
     assert slurm_job_alive("999999") is None
 
 
-# Five keras jobs long enough to be caught training (two run at a time on the test node).
-LONG_SWEEP = ["-m", "seed=range(0,5)", "train.epochs=40"]
+# Keras jobs that can be caught training: two run at a time on the test node, one waits.
+LONG_JOBS = 3
+LONG_SWEEP = ["-m", f"seed=range(0,{LONG_JOBS})", "train.epochs=3"]
 
 
 def start_slurm_sweep(cluster, directory: Path) -> subprocess.Popen:
@@ -277,16 +278,18 @@ def assert_relaunch_completes_once(cluster, directory: Path, killed_keys: set[st
     roles = runs_by_role(uri)
     children, (parent,) = roles["run"], roles["sweep"]
     finished = Counter(r.data.tags["config_key"] for r in children if r.info.status == "FINISHED")
-    assert len(finished) == 5 and set(finished.values()) == {1}, context
+    assert len(finished) == LONG_JOBS and set(finished.values()) == {1}, context
     statuses = Counter(r.info.status for r in children)
-    assert statuses == {"FINISHED": 5, "KILLED": len(killed_keys)}, context
+    assert statuses == {"FINISHED": LONG_JOBS, "KILLED": len(killed_keys)}, context
     assert killed_keys <= set(finished)  # what was killed ran again
     assert parent.info.status == "FINISHED"
-    assert parent.data.metrics["runs_finished"] == 5 and parent.data.metrics["runs_killed"] == 0
+    assert parent.data.metrics["runs_finished"] == LONG_JOBS
+    assert parent.data.metrics["runs_killed"] == 0
     # The relaunch numbered its jobs after the earlier ones: their records are intact.
+    assert earlier, "the first launch left no job directory"
     now = job_records(directory)
     assert {name: now[name] for name in earlier} == earlier
-    assert len(set(now) - set(earlier)) == 5 - finished_before["FINISHED"]
+    assert len(set(now) - set(earlier)) == LONG_JOBS - finished_before["FINISHED"]
 
 
 def uri_of(directory: Path) -> str:
