@@ -11,10 +11,12 @@ PORT ?= 5000
 # (Both turn off the server's GenAI job runner, which training runs do not use.)
 UI_STORE ?= sqlite:///$(CURDIR)/mlflow.db
 SERVER_DIR ?= $(CURDIR)/mlflow-server
+# `make slurm` keeps a local one-node SLURM cluster (with accounting) here.
+SLURM_DIR ?= $(CURDIR)/slurm-cluster
 BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv run sweep report test test-fast lint format ui server bench clean
+.PHONY: help venv run sweep report test test-fast lint format ui server slurm slurm-stop bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -57,6 +59,12 @@ ui: venv ## the MLflow UI on UI_STORE at http://HOST:PORT
 
 server: venv ## PostgreSQL + an MLflow tracking server at http://HOST:PORT (SERVER_DIR)
 	HOST=$(HOST) PORT=$(PORT) MLFLOW=$(abspath $(VENV))/bin/mlflow scripts/server.sh $(SERVER_DIR)
+
+slurm: ## start a local one-node SLURM cluster in SLURM_DIR; prints the SLURM_CONF to export
+	scripts/slurm.sh start $(SLURM_DIR)
+
+slurm-stop: ## stop the cluster `make slurm` started (its data stays in SLURM_DIR)
+	scripts/slurm.sh stop $(SLURM_DIR)
 
 bench: venv ## the engine and logging benchmark; prints its table (BENCH_ARGS to pass flags)
 	$(PY) benchmarks/bench_engines.py $(BENCH_ARGS)

@@ -26,6 +26,7 @@ from pipeline.engines import MemberResult, get_engine
 from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.numerics import numerics_tags
 from pipeline.probe import ProbeResult, probe
+from pipeline.slurm import current_slurm_job, interrupt_on_sigterm
 from pipeline.store import resolve_tracking_uri
 from pipeline.tracking import RunRecord, Tracker, choose_writer, flat_config, to_yaml
 
@@ -55,6 +56,8 @@ class JobSummary:
 
 def run_job(cfg) -> dict[str, int]:
     """Everything a job does, in order; counts of its runs by outcome."""
+    if current_slurm_job() is not None:
+        interrupt_on_sigterm()  # scancel ends the run in progress KILLED
     flat = flat_config(cfg)
     tracker = Tracker(
         resolve_tracking_uri(cfg.tracking.uri),
@@ -206,7 +209,9 @@ def train_batched(
             ):
                 member = waiting.pop(result.seed)
                 submit(member.record.merged(outcome_record(cfg, member, result, data)))
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # the members in training are the runs in progress
+            for member in waiting.values():
+                submit(member.record.merged(RunRecord(member.record.name, {}, {}, status="KILLED")))
             raise
         except Exception as error:  # whatever was not trained is logged FAILED
             log.exception("batched training failed")

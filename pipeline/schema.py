@@ -31,6 +31,10 @@ TAG_REPORT_SWEEP_RUN_ID = "deadunits.report.sweep_parent_run_id"
 TAG_HOST = "deadunits.host"
 TAG_PID = "deadunits.pid"
 TAG_PROCESS_START = "deadunits.process_start"
+# Under SLURM: the owning job as squeue/sacct/scancel name it (`ARRAY_TASK`, e.g. `41_3`, for
+# an array task) and its array task index; a later sweep asks SLURM whether it is alive.
+TAG_SLURM_JOB_ID = "deadunits.slurm_job_id"
+TAG_SLURM_ARRAY_TASK_ID = "deadunits.slurm_array_task_id"
 TAG_TENSORFLOW_VERSION = "tensorflow_version"
 TAG_ONEDNN = "onednn"
 # What a resume or a sweep's summary reads of existing runs besides their status:

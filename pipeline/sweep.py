@@ -13,10 +13,12 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -35,6 +37,19 @@ from pipeline.tracking import Tracker, choose_writer, flat_config, git_commit, p
 log = logging.getLogger("deadunits")
 MAX_PARAM_LENGTH = 6000
 WRITER_KEY = "tracking.writer"
+PROGRESS_POLL_S = 3.0  # how often the progress bar asks the store for runs that ended
+LOOKBACK_MS = 10_000
+
+
+class SweepStopped(Exception):
+    """A launcher ended the sweep early (a SLURM task was cancelled or failed, and it
+    cancelled the rest). The message says what happened; `returns` holds the JobReturns of
+    the jobs that completed, by their index in the launch."""
+
+    def __init__(self, message: str, returns: dict[int, Any]):
+        super().__init__(message)
+        self.returns = returns
+        self.counts: Counter = Counter()  # the sweep's counts so far (set by _launch)
 
 
 @dataclass
@@ -89,8 +104,13 @@ class GroupingSweeper(Sweeper):
 
         self.hydra_context = hydra_context
         self.config = config
-        self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config
+        self.launcher = project_launcher(
+            Plugins.instance().instantiate_launcher(
+                hydra_context=hydra_context, task_function=task_function, config=config
+            ),
+            hydra_context=hydra_context,
+            task_function=task_function,
+            config=config,
         )
 
     def _compose(self, overrides: list[str]) -> DictConfig:
@@ -135,45 +155,164 @@ class GroupingSweeper(Sweeper):
         counts: Counter = Counter(skipped=skipped)
         started = time.time()
         status = "FAILED"
+        ending = None  # (last line, exit code) of a sweep that ends early
         try:
-            counts.update(self._launch(job_list, total))
+            counts.update(self._launch(job_list, total, tracker, sweep.sweep_id))
             status = "FINISHED" if counts["crashed_jobs"] == 0 else "FAILED"
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as interrupt:
             status = "KILLED"
-            print(
-                "\ninterrupted: the runs in progress are marked KILLED. "
+            done = f"{interrupt}; " if str(interrupt) else ""
+            ending = (
+                f"interrupted: {done}the runs in progress are marked KILLED. "
                 "Re-run the same command to resume; finished runs are skipped.",
-                file=sys.stderr,
+                130,
             )
-            raise SystemExit(130) from None
+        except SweepStopped as stop:
+            counts.update(stop.counts)
+            ending = (f"sweep stopped: {stop}; re-run the same command to resume", 1)
         finally:
             totals = sweep_totals(tracker, set(keys.values()))
             sweep.close(status, totals, counts)
             print_summary(sweep, totals, counts, time.time() - started, uri)
+        if ending is not None:
+            print(ending[0], file=sys.stderr)
+            raise SystemExit(ending[1])
         return []
 
-    def _launch(self, jobs: list[list[str]], total_runs: int) -> Counter:
+    def _launch(
+        self,
+        jobs: list[list[str]],
+        total_runs: int,
+        tracker: Tracker | None = None,
+        sweep_id: str | None = None,
+    ) -> Counter:
         counts: Counter = Counter()
         # The progress bar replaces Hydra's two log lines per job.
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
         per_launch = self.jobs_per_launch or default_jobs_per_launch(self.config)
-        with tqdm(
-            total=total_runs, unit="run", desc="sweep", dynamic_ncols=True, file=sys.stderr
-        ) as bar:
+        # A relaunch into the same sweep dir numbers its jobs after the earlier ones.
+        first = next_job_number(Path(str(self.config.hydra.sweep.dir)))
+        with (
+            ProgressBar(
+                total=total_runs, unit="run", desc="sweep", dynamic_ncols=True, file=sys.stderr
+            ) as bar,
+            StoreProgress(tracker, sweep_id, bar),
+        ):
             for start in range(0, len(jobs), per_launch):
                 batch = jobs[start : start + per_launch]
-                for job, result in zip(
-                    batch, self.launcher.launch(batch, initial_job_idx=start), strict=True
-                ):
-                    if result.status == JobStatus.COMPLETED:
-                        counts.update(result.return_value or {})
-                    else:
-                        counts["crashed_jobs"] += 1
-                        log.error(
-                            "job %s crashed: %s", " ".join(job), first_line(result._return_value)
-                        )
-                    bar.update(runs_in(job))
+                try:
+                    returns = self.launcher.launch(batch, first + start)
+                    results = dict(zip(range(len(batch)), returns, strict=True))
+                except SweepStopped as stop:
+                    count_results(batch, stop.returns, counts)
+                    stop.counts = counts
+                    raise
+                bar.advance(count_results(batch, results, counts))
         return counts
+
+
+def count_results(batch: list[list[str]], results: dict[int, Any], counts: Counter) -> int:
+    """Add the results of a launch's jobs (by index in batch) to counts; runs they held."""
+    runs = 0
+    for index, result in results.items():
+        job = batch[index]
+        if result.status == JobStatus.COMPLETED:
+            counts.update(result.return_value or {})
+        else:
+            counts["crashed_jobs"] += 1
+            log.error("job %s crashed: %s", " ".join(job), first_line(result._return_value))
+        runs += runs_in(job)
+    return runs
+
+
+def next_job_number(sweep_dir: Path) -> int:
+    """One after the highest numbered job directory in sweep_dir (0 for a new sweep dir),
+    so a relaunch into the same dir keeps the earlier jobs' .hydra records."""
+    if not sweep_dir.is_dir():
+        return 0
+    numbers = [int(p.name) for p in sweep_dir.iterdir() if p.name.isdigit() and p.is_dir()]
+    return max(numbers, default=-1) + 1
+
+
+class ProgressBar(tqdm):
+    """A tqdm bar two threads move: the launcher's results and the store's count."""
+
+    _advance_lock = threading.Lock()
+
+    def advance(self, runs: int) -> None:
+        with self._advance_lock:
+            self.update(runs)
+
+    def reach(self, runs: int) -> None:
+        """Move the bar up to `runs` done (never back: results may have counted more)."""
+        with self._advance_lock:
+            if runs > self.n:
+                self.update(min(runs, self.total) - self.n)
+
+
+class StoreProgress:
+    """Moves the progress bar as the sweep's runs end in the store, for launchers that
+    return only at the end (submitit): a background thread counts the runs of the sweep
+    that ended since the launch began, asking only for those that ended since its last look.
+    """
+
+    def __init__(self, tracker: Tracker | None, sweep_id: str | None, bar, poll_s=PROGRESS_POLL_S):
+        self.tracker, self.sweep_id, self.bar, self.poll_s = tracker, sweep_id, bar, poll_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-progress", daemon=True)
+        self.seen: set[str] = set()
+
+    def __enter__(self) -> StoreProgress:
+        if self.tracker is not None and self.sweep_id is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        since = int(time.time() * 1000)
+        while not self._stop.wait(self.poll_s):
+            try:
+                since = self.poll(since)
+            except Exception as error:  # progress is cosmetic: never break the sweep
+                log.debug("progress from the store: %s", error)
+
+    def poll(self, since: int) -> int:
+        """Count runs that ended at or after `since` (ms); the next `since`. It trails the
+        newest end seen by LOOKBACK_MS: writers' clocks and commits are not in step."""
+        runs = self.tracker.client.search_runs(
+            [self.tracker.experiment_id],
+            f"tags.{schema.TAG_SWEEP_ID} = '{self.sweep_id}' "
+            f"and tags.`{schema.ROLE_TAG}` = '{schema.ROLE_RUN}' "
+            f"and attributes.end_time >= {since}",
+            max_results=10_000,
+        )
+        newest = since
+        for run in runs:
+            self.seen.add(run.info.run_id)
+            newest = max(newest, run.info.end_time or newest)
+        self.bar.reach(len(self.seen))
+        return max(since, newest - LOOKBACK_MS)
+
+
+def project_launcher(launcher, **setup):
+    """The launcher Hydra built, with submitit_slurm's replaced by pipeline.slurm_launcher's
+    (same parameters), which ends the sweep when a task is cancelled and cancels its jobs on
+    Ctrl-C."""
+    kind = type(launcher)
+    if (kind.__module__, kind.__name__) != (
+        "hydra_plugins.hydra_submitit_launcher.submitit_launcher",
+        "SlurmLauncher",
+    ):
+        return launcher
+    from pipeline.slurm_launcher import SlurmArrayLauncher
+
+    replacement = SlurmArrayLauncher(**launcher.params)
+    replacement.setup(**setup)
+    return replacement
 
 
 def default_jobs_per_launch(config: DictConfig) -> int:

@@ -26,6 +26,7 @@ from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
 from pipeline import schema
+from pipeline.slurm import current_slurm_job, slurm_available, slurm_job_alive
 from pipeline.store import PROJECT_ROOT, StoreUnavailable, sqlite_path
 
 MAX_PARAMS, MAX_TAGS, MAX_METRICS = 100, 100, 1000  # one log_batch's limits
@@ -54,11 +55,16 @@ def git_commit() -> str | None:
 def process_tags() -> dict[str, str]:
     """Who is running this: lets a later sweep tell a live run from one a crash left RUNNING.
 
-    The process start time tells a live owner from a new process that reuses its PID.
+    The process start time tells a live owner from a new process that reuses its PID; under
+    SLURM the job id says it from any machine that can ask SLURM.
     """
     tags = {schema.TAG_HOST: socket.gethostname(), schema.TAG_PID: str(os.getpid())}
     if (started := process_start(os.getpid())) is not None:
         tags[schema.TAG_PROCESS_START] = started
+    if (job := current_slurm_job()) is not None:
+        tags[schema.TAG_SLURM_JOB_ID] = job["id"]
+        if job["array_task_id"] is not None:
+            tags[schema.TAG_SLURM_ARRAY_TASK_ID] = str(job["array_task_id"])
     return tags
 
 
@@ -336,8 +342,11 @@ def choose_writer(tracker: Tracker, requested: str) -> tuple[str, str]:
 
 
 def owner_alive(tags: dict[str, str]) -> bool:
-    """Whether the process that owns a RUNNING run still runs: same host, same PID, and the
-    same process start time where the run recorded one (PIDs are reused)."""
+    """Whether the owner of a RUNNING run still runs: its SLURM job when it ran under SLURM
+    (slurm_owner_alive), else the process on this host: same host, same PID, and the same
+    process start time where the run recorded one (PIDs are reused)."""
+    if slurm_id := tags.get(schema.TAG_SLURM_JOB_ID):
+        return slurm_owner_alive(slurm_id)
     if tags.get(schema.TAG_HOST) != socket.gethostname():
         return False
     try:
@@ -352,6 +361,15 @@ def owner_alive(tags: dict[str, str]) -> bool:
         return False
     recorded = tags.get(schema.TAG_PROCESS_START)
     return recorded is None or recorded == process_start(pid)
+
+
+def slurm_owner_alive(job_id: str, ask=slurm_job_alive, can_ask=slurm_available) -> bool:
+    """A SLURM job may still run unless SLURM says it ended or no longer knows it. Where
+    SLURM cannot be asked at all (no client programs here), the run is left alone."""
+    alive = ask(job_id)
+    if alive is None:
+        return not can_ask()
+    return alive
 
 
 def local_artifact_dir(artifact_uri: str | None) -> Path | None:

@@ -4,21 +4,35 @@ tracking URIs, resume ownership, the retrying client."""
 from __future__ import annotations
 
 import ast
+import io
 import os
 import re
 import socket
 import subprocess
+import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from pipeline import schema
 from pipeline.probe import ProbeResult
 from pipeline.store import redact_uri, resolve_tracking_uri, sqlite_path
-from pipeline.sweep import Cell, job_overrides, loggable_overrides, runs_in, split_seed
-from pipeline.tracking import RetryingClient, owner_alive, process_start, process_tags
+from pipeline.sweep import (
+    Cell,
+    ProgressBar,
+    StoreProgress,
+    count_results,
+    job_overrides,
+    loggable_overrides,
+    next_job_number,
+    runs_in,
+    split_seed,
+)
+from pipeline.tracking import RetryingClient, Tracker, owner_alive, process_start, process_tags
 
 ANALYSIS = Path(__file__).resolve().parents[1] / "analysis"
 # What an MLflow name written by the pipeline looks like.
@@ -198,3 +212,56 @@ def test_retrying_client_retries_locks_only(monkeypatch):
     with pytest.raises(RuntimeError, match="no such run"):
         RetryingClient(other).log_batch("r1")
     assert other.calls == 1
+
+
+def test_a_relaunch_numbers_its_jobs_after_the_existing_ones(tmp_path):
+    assert next_job_number(tmp_path / "new") == 0
+    for name in ("0", "1", "4", "multirun.yaml", ".submitit", "12abc"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "7").write_text("a file, not a job directory")
+    assert next_job_number(tmp_path) == 5
+
+
+def test_launch_results_count_runs_and_crashes():
+    batch = [["seed=1"], ["seeds=[1,2,3]"], ["seed=2"]]
+    results = {
+        0: JobReturn(status=JobStatus.COMPLETED, _return_value={"finished": 1}),
+        1: JobReturn(status=JobStatus.COMPLETED, _return_value={"finished": 2, "failed": 1}),
+        2: JobReturn(status=JobStatus.FAILED, _return_value=RuntimeError("boom")),
+    }
+    counts: Counter = Counter()
+    assert count_results(batch, results, counts) == 5
+    assert counts == {"finished": 3, "failed": 1, "crashed_jobs": 1}
+    counts = Counter()
+    assert count_results(batch, {1: results[1]}, counts) == 3  # a stopped launch: job 1 only
+    assert counts == {"finished": 2, "failed": 1}
+
+
+def test_progress_counts_the_sweeps_runs_that_end_in_the_store(tmp_path):
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "progress")
+    client = tracker.client
+
+    def run(sweep_id: str, role: str = schema.ROLE_RUN, end: bool = True) -> None:
+        tags = {schema.TAG_SWEEP_ID: sweep_id, schema.ROLE_TAG: role}
+        created = client.create_run(tracker.experiment_id, tags=tags)
+        if end:
+            client.set_terminated(created.info.run_id, status="FINISHED")
+
+    run("s1")  # ended before the launch: not this launch's progress
+    since = int(time.time() * 1000) + 1
+    time.sleep(0.01)
+    with ProgressBar(total=3, file=io.StringIO()) as bar:
+        progress = StoreProgress(tracker, "s1", bar)
+        run("s1")
+        run("s1", end=False)  # still RUNNING
+        run("s2")  # another sweep
+        run("s1", role=schema.ROLE_SWEEP)  # the parent
+        following = progress.poll(since)
+        assert bar.n == 1 and following >= since
+        run("s1")
+        progress.poll(following)
+        progress.poll(following)  # runs seen twice count once
+        assert bar.n == 2
+        bar.advance(3)  # the launcher's results: the bar never moves back
+        progress.poll(following)
+        assert bar.n == 5

@@ -242,3 +242,19 @@ def test_submitit_local_launcher(store):
     children, (parent,) = runs_of(store), runs_of(store, role="sweep")
     assert Counter(r.info.status for r in children) == {"FINISHED": 2}
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+
+
+def test_a_relaunch_into_the_same_sweep_dir_keeps_earlier_job_records(store, tmp_path):
+    sweep_dir = tmp_path / "multirun"
+    common = [*SMALL, f"tracking.uri={store}", f"hydra.sweep.dir={sweep_dir}"]
+    first = run_cli("-m", "seed=0", *common)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = run_cli("-m", "seed=0,1", *common)  # seed 0 is done: one job, for seed 1
+    assert second.returncode == 0, second.stderr[-3000:]
+    records = {
+        p.name: (p / ".hydra" / "overrides.yaml").read_text()
+        for p in sweep_dir.iterdir()
+        if p.is_dir()
+    }
+    assert sorted(records) == ["0", "1"]
+    assert "- seed=0\n" in records["0"] and "- seed=1\n" in records["1"]

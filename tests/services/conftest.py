@@ -1,5 +1,5 @@
 """Real services for the tests in this folder: PostgreSQL, an MLflow tracking server on it,
-the MLflow UI, and headless Chromium.
+the MLflow UI, headless Chromium, and a one-node SLURM cluster with accounting.
 
 Every server is started once per session on a free port of 127.0.0.1 and stopped afterwards,
 also when a test fails. A program that is not installed skips these tests on a developer
@@ -308,3 +308,54 @@ def chromium(tmp_path_factory):
         yield driver
     finally:
         driver.quit()
+
+
+# --- A one-node SLURM cluster with accounting (scripts/slurm.sh) ---------------------------
+
+SLURM_PROGRAMS = ("munged", "mariadbd", "mariadb-install-db", "slurmdbd", "slurmctld", "slurmd")
+
+
+@dataclass
+class SlurmCluster:
+    directory: Path
+    conf: Path
+    start_output: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        """What a process needs to use the cluster (client commands, submitit)."""
+        return {"SLURM_CONF": str(self.conf)}
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """munged, MariaDB, slurmdbd, slurmctld and slurmd in a throwaway directory."""
+    absent = [p for p in SLURM_PROGRAMS if shutil.which(p) is None]
+    if absent:
+        missing(
+            f"SLURM is not installed (no {', '.join(absent)}; "
+            "Debian: apt-get install slurm-wlm slurmdbd munge mariadb-server)"
+        )
+    if os.geteuid() != 0:
+        missing("the SLURM cluster needs root (slurmd runs jobs as their users)")
+    # Not under pytest's private tmp dir: munged and MariaDB run as their own users, which
+    # must reach the directory.
+    base = Path(tempfile.mkdtemp(prefix="deadunits-slurm-"))
+    base.chmod(0o755)
+    directory = base / "cluster"
+    script = str(SCRIPTS / "slurm.sh")
+    try:
+        started = subprocess.run(
+            [script, "start", str(directory)], capture_output=True, text=True, timeout=300
+        )
+        if started.returncode != 0:
+            pytest.fail(f"scripts/slurm.sh start failed:\n{started.stderr}", pytrace=False)
+        yield SlurmCluster(
+            directory, directory / "etc" / "slurm.conf", started.stdout + started.stderr
+        )
+    finally:
+        stopped = subprocess.run([script, "stop", str(directory)], capture_output=True, timeout=300)
+        if (directory / "log").is_dir():
+            shutil.copytree(directory / "log", artifacts_dir() / "slurm-logs", dirs_exist_ok=True)
+        if stopped.returncode == 0:
+            shutil.rmtree(base, ignore_errors=True)
