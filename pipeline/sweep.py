@@ -30,6 +30,7 @@ from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
 from pipeline import schema
+from pipeline.config import parse_seed_ranges, seed_ranges
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
 from pipeline.store import StoreUnavailable, first_line
 from pipeline.tracking import Tracker, choose_writer, flat_config, git_commit, process_tags
@@ -326,7 +327,7 @@ def default_jobs_per_launch(config: DictConfig) -> int:
 def runs_in(job: list[str]) -> int:
     for override in job:
         if override.startswith("seeds="):
-            return override.count(",") + 1
+            return len(parse_seed_ranges(override.partition("=")[2].strip("'")))
     return 1
 
 
@@ -366,7 +367,7 @@ def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
     if cell.batched:
         chosen = [o for o in common if not o.startswith(f"{WRITER_KEY}=")]
         chosen.append(f"{WRITER_KEY}={sweep.writer}")
-        return [[*chosen, f"seeds=[{','.join(str(s) for s in cell.todo)}]"]]
+        return [[*chosen, f"seeds='{seed_ranges(cell.todo)}'"]]
     return [[*common, f"seed={seed}"] for seed in cell.todo]
 
 

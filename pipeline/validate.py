@@ -49,7 +49,11 @@ def _positive_number(key: str, value) -> None:
 
 def validate(cfg) -> None:
     """Raise ConfigError for the first value that is not allowed."""
-    for seed in seeds_of(cfg):
+    try:
+        seeds = seeds_of(cfg)
+    except ValueError:
+        raise ConfigError("seeds", f"{cfg.seeds!r} is not a list of seeds like '0-9,12'") from None
+    for seed in seeds:
         _int_in("seed", seed, 0, MAX_SEED)
     if not isinstance(cfg.force, bool):
         raise ConfigError("force", f"{cfg.force!r} is not allowed, expected true or false")

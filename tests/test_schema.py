@@ -19,6 +19,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from pipeline import schema
+from pipeline.config import parse_seed_ranges, seed_ranges, seeds_of
 from pipeline.probe import ProbeResult
 from pipeline.store import redact_uri, resolve_tracking_uri, sqlite_path
 from pipeline.sweep import (
@@ -148,13 +149,25 @@ def test_job_overrides_carry_the_parent_and_one_form_of_seeds(engine):
     jobs = job_overrides(cell, _Sweep())
     common = ["model.activation=relu", "tracking.parent_run_id=p123", "tracking.sweep_id=s456"]
     if engine == "batched":  # the writer the sweep chose replaces the one asked for
-        assert jobs == [[*common, "tracking.writer=bulk", "seeds=[1,3]"]]
+        assert jobs == [[*common, "tracking.writer=bulk", "seeds='1,3'"]]
         assert runs_in(jobs[0]) == 2
     else:
         common.insert(1, "tracking.writer=auto")
         assert jobs == [[*common, "seed=1"], [*common, "seed=3"]]
         assert [runs_in(j) for j in jobs] == [1, 1]
     assert job_overrides(Cell([], cfg, [1], todo=[]), _Sweep()) == []
+
+
+@pytest.mark.parametrize(
+    ("seeds", "text"),
+    [([0, 1, 2, 5, 7, 8], "0-2,5,7-8"), ([3], "3"), (list(range(25_000)), "0-24999"), ([], "")],
+)
+def test_seed_ranges_round_trip(seeds, text):
+    assert seed_ranges(seeds) == text
+    if seeds:
+        assert parse_seed_ranges(text) == seeds
+        cfg = OmegaConf.create({"seed": 0, "seeds": text})
+        assert seeds_of(cfg) == seeds
 
 
 def test_loggable_overrides_drop_uris_and_hydra_keys():
@@ -223,7 +236,7 @@ def test_a_relaunch_numbers_its_jobs_after_the_existing_ones(tmp_path):
 
 
 def test_launch_results_count_runs_and_crashes():
-    batch = [["seed=1"], ["seeds=[1,2,3]"], ["seed=2"]]
+    batch = [["seed=1"], ["seeds='1-3'"], ["seed=2"]]
     results = {
         0: JobReturn(status=JobStatus.COMPLETED, _return_value={"finished": 1}),
         1: JobReturn(status=JobStatus.COMPLETED, _return_value={"finished": 2, "failed": 1}),
