@@ -416,6 +416,15 @@ def _scoped(query, run_uuid, experiment_id: str, tags: dict[str, str] | None):
     return query
 
 
+def count_ended_runs(uri: str, experiment_id: str, tags: dict[str, str]) -> int:
+    """How many active runs carrying these tag values are no longer RUNNING: one COUNT."""
+    query = sa.select(sa.func.count()).select_from(SqlRun)
+    query = _scoped(query, SqlRun.run_uuid, experiment_id, tags)
+    query = query.where(SqlRun.status != RunStatus.to_string(RunStatus.RUNNING))
+    with _connect(_engine(uri)) as conn:
+        return int(conn.execute(query).scalar_one())
+
+
 def _chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start : start + size]

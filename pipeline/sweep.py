@@ -253,8 +253,9 @@ class ProgressBar(tqdm):
 
 class StoreProgress:
     """Moves the progress bar as the sweep's runs end in the store, for launchers that
-    return only at the end (submitit): a background thread counts the runs of the sweep
-    that ended since the launch began, asking only for those that ended since its last look.
+    return only at the end (submitit) and for long batched jobs: a background thread counts
+    the runs of the sweep that ended since the launch began, with one COUNT on a database
+    store, else asking the server only for those that ended since its last look.
     """
 
     def __init__(self, tracker: Tracker | None, sweep_id: str | None, bar, poll_s=PROGRESS_POLL_S):
@@ -275,11 +276,27 @@ class StoreProgress:
 
     def _run(self) -> None:
         since = int(time.time() * 1000)
+        counted = self.tracker.bulk_problem is None  # a database: one COUNT per look
+        try:
+            before = self.count() if counted else 0
+        except Exception as error:
+            log.debug("progress from the store: %s", error)
+            return
         while not self._stop.wait(self.poll_s):
             try:
-                since = self.poll(since)
+                if counted:
+                    self.bar.reach(self.count() - before)
+                else:
+                    since = self.poll(since)
             except Exception as error:  # progress is cosmetic: never break the sweep
                 log.debug("progress from the store: %s", error)
+
+    def count(self) -> int:
+        """Runs of the sweep that have ended, all launches together."""
+        from pipeline.bulk import count_ended_runs
+
+        wanted = {schema.TAG_SWEEP_ID: self.sweep_id, schema.ROLE_TAG: schema.ROLE_RUN}
+        return count_ended_runs(self.tracker.uri, self.tracker.experiment_id, wanted)
 
     def poll(self, since: int) -> int:
         """Count runs that ended at or after `since` (ms); the next `since`. It trails the
