@@ -275,6 +275,8 @@ def _matmul(h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
 def group_size(rows: int, fan_in: int, fan_out: int, training: bool) -> int:
     """Members per block-diagonal group: the fewest whose product takes TensorFlow's 2-D
     kernel; 0 if a sum would then be longer than MAX_GROUPED_DEPTH (rows sum in dW)."""
+    if rows == 0:
+        return 0
     group = 1
     while not _batched_matmul_is_exact(rows, group * fan_in, group * fan_out):
         group += 1
@@ -418,6 +420,7 @@ class _Trainer:
                 (n_train % batch, True),
                 (len(data.x_test), False),
             )
+            if rows
         }
         self.exact_trainers: dict[int, _Trainer] = {}  # ungrouped, by size: see `_redo`
         self.kernels = [
