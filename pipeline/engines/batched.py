@@ -14,9 +14,18 @@ numbers sit in a bigger tensor here than in its own Keras model:
 
 - TensorFlow picks its matmul kernel by shape. Keras multiplies a batch by a layer's kernel
   with a 2-D MatMul; a stacked [M, n, in] @ [M, in, out] product runs through a kernel that
-  sums in another order, unless one of n, in, out is 1 or n * in * out > 128 * 128. Inputs
-  and outputs have one unit here, so only hidden-to-hidden layers are affected; those are
-  multiplied member by member with 2-D matmuls (`_matmul`).
+  sums in another order, unless one of n, in, out is 1 or n * in * out > 128 * 128 (then
+  each matrix goes through the 2-D kernel). Inputs and outputs have one unit here, so only
+  hidden-to-hidden layers are affected. Those multiply groups of members at once
+  (`_grouped_matmul`): a group's activations side by side, [n, g * in], times its kernels
+  on a block diagonal, [g * in, g * out], with g just large enough for the 2-D kernel.
+  Each output then sums its member's terms in Keras's order plus exact zeros, and so do
+  both gradients; this holds while no sum is longer than Eigen's depth block (320 terms
+  here), so grouping is capped at MAX_GROUPED_DEPTH, beyond which members are multiplied
+  one by one with 2-D matmuls. Activations stay grouped from one such layer to the next;
+  the bias gradient is reduced in the stacked layout, where it sums as Keras's does. A
+  member's inf or NaN would turn its group's zeros into NaN (0 * inf): an epoch in which
+  one appears is trained again for the groups concerned, member by member (`_Trainer._redo`).
 - Elementwise kernels run in SIMD packets (8 floats with AVX) and do a tensor's last
   size % 8 elements one by one, and some functions round differently in the two paths:
   exp-based activations (elu, selu, gelu, swish, softplus, sigmoid) and rsqrt, which
@@ -27,7 +36,8 @@ numbers sit in a bigger tensor here than in its own Keras model:
   computed per element the way the member's own variable gets it (`rsqrt_as_keras`).
 
 Member-by-member ops are exact but cost a few microseconds each, so nets that need them
-train slower; the notebook net with relu, leaky_relu, tanh or linear needs none.
+train slower; nets with relu, leaky_relu, tanh or linear need none (grouped products waste
+g times the flops of the members' own, which is cheap at these widths).
 
 Memory is linear in the number of members: `bytes_per_member` estimates it from the tensor
 sizes, and `train` splits the members into equal chunks that fit `train.memory_budget_mb`
@@ -115,10 +125,11 @@ def bytes_per_member(
     batch_size: int,
     optimizer: str,
     member_ops: int = 0,
+    grouped: int = 0,
 ) -> int:
     """Estimated peak bytes one member adds to a chunk (float32 = 4 bytes):
 
-    4 * [(4 + slots) * P + 6 * batch_size * U + 4 * n_test * U] + 36 * n_train
+    4 * [(4 + slots) * P + 6 * batch_size * U + 4 * n_test * U + B] + 36 * n_train
       + G * member_ops + MEMBER_OVERHEAD_BYTES
 
     P = weights and biases, slots = optimizer slot variables per weight, U = units in all
@@ -128,21 +139,43 @@ def bytes_per_member(
     epoch holds the int64 permutation, two int32 copies of it, and the inputs and targets
     gathered in that order, once whole and once cut into steps (8 + 8 + 16 + 4 bytes rounded
     up). G * member_ops is the traced graph of ops that run member by member
-    (`member_ops_per_member`). Measured peak RSS grows by about 50 KB a member for the
+    (`member_ops_per_member`). B = `grouped`, the floats of block-diagonal products
+    (`grouped_floats`). Measured peak RSS grows by about 50 KB a member for the
     notebook net, which this puts at 83 KB: the estimate errs on the safe side.
     """
     params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
     units = sum(fan_out for _, fan_out in shapes)
     floats = (4 + OPTIMIZER_SLOTS[optimizer]) * params + 6 * batch_size * units + 4 * n_test * units
     graph = GRAPH_BYTES_PER_MEMBER_OP * member_ops
-    return 4 * floats + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
+    return 4 * (floats + grouped) + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
+
+
+def grouped_floats(model_cfg, shapes, n_train: int, n_test: int, train_cfg) -> int:
+    """Floats per member that block-diagonal products add (0 if none is grouped).
+
+    A grouped layer of group size g holds a block-diagonal kernel (kept for the gradient),
+    its broadcast source and the full h^T dy: 3 * g * in * out, the test pass 2 * g * in * out,
+    in the batch shape that needs most. Each epoch also keeps two copies of the weights and
+    slots in numpy, to train some members again (`_Trainer._redo`).
+    """
+    batch = train_cfg.batch_size
+    rows = [(batch, True, 3), (n_train % batch, True, 3), (n_test, False, 2)]
+    per_shape = []
+    for n, training, copies in rows:
+        groups = layer_groups(model_cfg, shapes, n, training)
+        per_shape.append(copies * sum(g * i * o for g, (i, o) in zip(groups, shapes, strict=True)))
+    if not any(per_shape):
+        return 0
+    params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
+    return max(per_shape) + 2 * (1 + OPTIMIZER_SLOTS[train_cfg.optimizer]) * params
 
 
 def members_per_chunk(train_cfg, model_cfg, shapes, n_train: int, n_test: int) -> int:
     """How many members fit the memory budget (at least one)."""
     member_ops = member_ops_per_member(model_cfg, shapes, n_train, n_test, train_cfg.batch_size)
+    grouped = grouped_floats(model_cfg, shapes, n_train, n_test, train_cfg)
     per_member = bytes_per_member(
-        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer, member_ops
+        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer, member_ops, grouped
     )
     size = int(train_cfg.memory_budget_mb * 2**20 // per_member)
     if member_ops:
@@ -287,6 +320,8 @@ def group_size(rows: int, fan_in: int, fan_out: int, training: bool) -> int:
 def layer_groups(model_cfg, shapes, rows: int, training: bool) -> list[int]:
     """Each layer's group size for a batch of `rows`; 0 where it is not grouped."""
     groups = []
+    if rows == 0:
+        return [0] * len(shapes)
     for layer, (fan_in, fan_out) in enumerate(shapes):
         last = layer == len(shapes) - 1
         name = model_cfg.output_activation if last else model_cfg.activation
