@@ -17,6 +17,13 @@ created the store and experiment, as a sweep does before its jobs. Peak memory i
 child's peak resident set size (resource.getrusage ru_maxrss): everything the process held,
 TensorFlow included. --server-workers N adds bare logging through an `mlflow server` with N
 workers on a SQLite store, for comparison.
+
+    .venv/bin/python benchmarks/bench_engines.py --training-only [--members 1000]
+
+times the batched engine's training alone (`pipeline.engines.batched.train`, tracing
+included; no probe, no logging) for each cell of TRAINING_CELLS: the default config with
+he_normal initial weights and the given hidden sizes and epochs. It prints wall and
+process CPU seconds: on a shared machine the CPU time is the steadier figure.
 """
 
 from __future__ import annotations
@@ -39,6 +46,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_NAIVE_RATIO = 50.0
 TARGET_LOGGING_RATIO = 0.8
 TARGET_PEAK_MIB = 2048
+# (hidden sizes, epochs) timed by --training-only: the notebook net and deep narrow nets.
+TRAINING_CELLS = (([2], 10), ([4] * 7, 1), ([2] * 20, 1), ([10] * 20, 1))
 
 
 def main() -> None:
@@ -49,12 +58,18 @@ def main() -> None:
     parser.add_argument("--log-workers", type=int, default=1, help="tracking.log_workers")
     parser.add_argument("--server-workers", type=int, default=0, help="also log via a server")
     parser.add_argument("--server-runs", type=int, default=300)
+    parser.add_argument("--training-only", action="store_true", help="time training alone")
+    parser.add_argument("--members", type=int, default=1000, help="members per training cell")
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "RUNS"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         kind, runs = args.measure[0], int(args.measure[1])
         print(json.dumps(measure(kind, runs, args.log_workers, args.uri)))
+        return
+    if args.training_only:
+        for hidden, epochs in TRAINING_CELLS:
+            print(training_rate(hidden, epochs, args.members), flush=True)
         return
 
     started = datetime.now(timezone.utc)
@@ -128,7 +143,33 @@ def measure(kind: str, runs: int, log_workers: int, uri: str | None) -> dict:
     }
 
 
-def compose_config(uri: str, engine: str, runs: int, log_workers: int):
+def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_normal") -> str:
+    """Time the batched engine training `members` seeds of one cell; a line with runs/s."""
+    from omegaconf import open_dict
+
+    from pipeline.data import make_identity_data
+    from pipeline.engines import batched
+    from pipeline.initializers import initial_weights_for_seeds, layer_shapes
+
+    cfg = compose_config("sqlite:///unused.db", "batched", members, 1, [f"init={init}"])
+    with open_dict(cfg):
+        cfg.model.hidden_sizes, cfg.train.epochs = hidden, epochs
+    data = make_identity_data(**cfg.data)
+    shapes = layer_shapes(data.x_train.shape[1], hidden, data.y_train.shape[1])
+    weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, list(cfg.seeds))
+    start, cpu = time.perf_counter(), time.process_time()
+    results = list(batched.train(cfg.train, cfg.model, data, list(cfg.seeds), weights))
+    seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    assert len(results) == members
+    widths = sorted(set(hidden))
+    label = f"[{hidden[0]}]x{len(hidden)}" if len(widths) == 1 else str(hidden)
+    return (
+        f"{label:<10} {cfg.model.activation} {init} {epochs} epoch(s) x {members} members: "
+        f"{seconds:6.1f} s wall, {cpu:6.1f} s CPU, {members / seconds:7.1f} runs/s"
+    )
+
+
+def compose_config(uri: str, engine: str, runs: int, log_workers: int, extra=()):
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
@@ -139,6 +180,7 @@ def compose_config(uri: str, engine: str, runs: int, log_workers: int):
         f"train.engine={engine}",
         f"tracking.log_workers={log_workers}",
         "tracking.sweep_id=bench",  # a fresh store: a job of a sweep, nothing to resume
+        *extra,
     ]
     with initialize_config_dir(str(PROJECT_ROOT / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)

@@ -88,6 +88,73 @@ def test_same_runs_as_keras_over_architectures(activation, init, hidden, bias_in
     assert_same_runs(list(reference), [ours[1]])
 
 
+# Known gap, older than grouping: a member's bias gradient, TensorFlow's Sum over the rows of
+# its own [25, 10] dy, adds the rows in blocks, while the stacked [M, 25, 10] Sum adds them
+# one after the other, so 10 units wide the biases differ in the last bit.
+WIDE_BIAS_GRADIENT = pytest.mark.xfail(
+    strict=True, reason="stacked bias gradient sums rows in another order from 10 units"
+)
+
+
+# Deep narrow nets: every hidden-to-hidden product runs in block-diagonal member groups
+# (13 members for width 2, 7 for 4, 3 for 10 in batches of 25; other sizes for the last
+# batch of 10 and the test set of 40), the activations grouped from layer to layer.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("hidden", "activation", "init", "epochs"),
+    [
+        ([2] * 20, "relu", "he_normal", 1),
+        ([4] * 7, "relu", "rai", 2),
+        ([4] * 7, "tanh", "he_normal", 1),
+        ([3] * 10, "leaky_relu", "rai", 1),
+        pytest.param([10] * 5, "relu", "he_normal", 1, marks=WIDE_BIAS_GRADIENT),
+    ],
+)
+def test_same_runs_as_keras_for_deep_nets(hidden, activation, init, epochs):
+    seeds = list(range(16))  # 16 members: two groups of 13 or 7, six of 3
+    train_cfg, model_cfg = configs(hidden, activation, epochs=epochs)
+    weights = weights_for(init, hidden, seeds)
+    ours = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    compared = [4, 14]  # inside a first group, and past it
+    reference = keras_fit.train(
+        train_cfg, model_cfg, DATA, [seeds[i] for i in compared], [weights[i] for i in compared]
+    )
+    assert_same_runs(list(reference), [ours[i] for i in compared])
+
+
+@pytest.mark.parametrize(("rows", "fan_in", "fan_out"), [(25, 2, 2), (10, 4, 4), (40, 10, 3)])
+def test_grouped_matmul_sums_as_2d_matmuls(rows, fan_in, fan_out):
+    """Product and both gradients, member by member, bit for bit those of 2-D MatMuls."""
+    rng = np.random.default_rng(rows)
+    group = batched.group_size(rows, fan_in, fan_out, training=True)
+    assert group > 1
+    members = 2 * group + 1  # the last group is padded with zero members
+    h = tf.constant(rng.uniform(0, 2, (members, rows, fan_in)).astype(np.float32))
+    kernel = tf.constant(rng.normal(0, 1, (members, fan_in, fan_out)).astype(np.float32))
+    dy = tf.constant(rng.normal(0, 1, (members, rows, fan_out)).astype(np.float32))
+
+    @tf.function
+    def grouped(h, kernel, dy):
+        with tf.GradientTape() as tape:
+            tape.watch([h, kernel])
+            product = batched._grouped_matmul(batched._to_groups(h, group), kernel, group)
+            product = batched._from_groups(product, group, members)
+            total = tf.reduce_sum(product * dy)
+        return product, *tape.gradient(total, [h, kernel])
+
+    @tf.function
+    def one_by_one(h, kernel, dy):
+        h, kernel, dy = tf.unstack(h), tf.unstack(kernel), tf.unstack(dy)
+        pairs = list(zip(h, kernel, dy, strict=True))
+        products = [tf.matmul(a, w) for a, w, _ in pairs]
+        dh = [tf.matmul(d, w, transpose_b=True) for _, w, d in pairs]
+        dw = [tf.matmul(a, d, transpose_a=True) for a, _, d in pairs]
+        return tf.stack(products), tf.stack(dh), tf.stack(dw)
+
+    for got, expected in zip(grouped(h, kernel, dy), one_by_one(h, kernel, dy), strict=True):
+        np.testing.assert_array_equal(got.numpy(), expected.numpy())
+
+
 # Every optimizer with every loss; the hidden activation cycles through all ten, and every
 # other case puts it on the output unit too.
 OPTIMIZER_LOSS_ACTIVATION = [
@@ -157,6 +224,23 @@ def test_a_diverging_member_does_not_touch_the_others():
     assert_same_runs(alone, [together[0], together[2]])
     (reference,) = keras_fit.train(train_cfg, model_cfg, DATA, [1], [weights[1]])
     assert reference.diverged_epoch == 1
+
+
+@pytest.mark.slow
+def test_a_diverging_member_does_not_touch_its_group():
+    """Its inf and NaN would spread through the group's block-diagonal products: the
+    epoch is trained again member by member for that group, so all stay exact."""
+    seeds = [0, 1, 2, 3]  # one group of 7 members in batches of 25
+    hidden = [4, 4, 4]
+    train_cfg, model_cfg = configs(hidden, "relu", "adam", "mse")
+    weights = weights_for("he_normal", hidden, seeds)
+    weights[2] = [(np.full_like(k, 1e12), b) for k, b in weights[2]]  # overflows in layer 4
+    together = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    assert [r.diverged_epoch for r in together] == [None, None, 1, None]
+    reference = keras_fit.train(train_cfg, model_cfg, DATA, seeds[1:3], weights[1:3])
+    assert_same_runs(list(reference), together[1:3])
+    alone = list(batched.train(train_cfg, model_cfg, DATA, [0, 3], [weights[0], weights[3]]))
+    assert_same_runs(alone, [together[0], together[3]])
 
 
 def test_refuses_an_optimizer_it_cannot_batch_exactly():

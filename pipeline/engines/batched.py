@@ -14,9 +14,18 @@ numbers sit in a bigger tensor here than in its own Keras model:
 
 - TensorFlow picks its matmul kernel by shape. Keras multiplies a batch by a layer's kernel
   with a 2-D MatMul; a stacked [M, n, in] @ [M, in, out] product runs through a kernel that
-  sums in another order, unless one of n, in, out is 1 or n * in * out > 128 * 128. Inputs
-  and outputs have one unit here, so only hidden-to-hidden layers are affected; those are
-  multiplied member by member with 2-D matmuls (`_matmul`).
+  sums in another order, unless one of n, in, out is 1 or n * in * out > 128 * 128 (then
+  each matrix goes through the 2-D kernel). Inputs and outputs have one unit here, so only
+  hidden-to-hidden layers are affected. Those multiply groups of members at once
+  (`_grouped_matmul`): a group's activations side by side, [n, g * in], times its kernels
+  on a block diagonal, [g * in, g * out], with g just large enough for the 2-D kernel.
+  Each output then sums its member's terms in Keras's order plus exact zeros, and so do
+  both gradients; this holds while no sum is longer than Eigen's depth block (320 terms
+  here), so grouping is capped at MAX_GROUPED_DEPTH, beyond which members are multiplied
+  one by one with 2-D matmuls. Activations stay grouped from one such layer to the next;
+  the bias gradient is reduced in the stacked layout, where it sums as Keras's does. A
+  member's inf or NaN would turn its group's zeros into NaN (0 * inf): an epoch in which
+  one appears is trained again for the groups concerned, member by member (`_Trainer._redo`).
 - Elementwise kernels run in SIMD packets (8 floats with AVX) and do a tensor's last
   size % 8 elements one by one, and some functions round differently in the two paths:
   exp-based activations (elu, selu, gelu, swish, softplus, sigmoid) and rsqrt, which
@@ -27,7 +36,8 @@ numbers sit in a bigger tensor here than in its own Keras model:
   computed per element the way the member's own variable gets it (`rsqrt_as_keras`).
 
 Member-by-member ops are exact but cost a few microseconds each, so nets that need them
-train slower; the notebook net with relu, leaky_relu, tanh or linear needs none.
+train slower; nets with relu, leaky_relu, tanh or linear need none (grouped products waste
+g times the flops of the members' own, which is cheap at these widths).
 
 Memory is linear in the number of members: `bytes_per_member` estimates it from the tensor
 sizes, and `train` splits the members into equal chunks that fit `train.memory_budget_mb`
@@ -55,6 +65,10 @@ ops = keras.ops
 POSITION_FREE_ACTIVATIONS = ("relu", "leaky_relu", "tanh", "linear")
 # TensorFlow's CPU BatchMatMul runs each matrix through the 2-D MatMul kernel above this cost.
 MATMUL_PER_MATRIX_COST = 128 * 128
+# Longest sum a block-diagonal product may have: Eigen's matmul cuts longer ones into blocks
+# (of 320 terms here, always a multiple of 8) summed apart, and a cut could split a
+# member's terms, which Keras sums in one go. Measured: exact up to 320, not from 321.
+MAX_GROUPED_DEPTH = 128
 # Bookkeeping per member outside the tensors: its numpy Generator, results, Python objects.
 MEMBER_OVERHEAD_BYTES = 4096
 # Traced graph per member-by-member op (the op, its gradient, TF's copies), measured.
@@ -111,10 +125,11 @@ def bytes_per_member(
     batch_size: int,
     optimizer: str,
     member_ops: int = 0,
+    grouped: int = 0,
 ) -> int:
     """Estimated peak bytes one member adds to a chunk (float32 = 4 bytes):
 
-    4 * [(4 + slots) * P + 6 * batch_size * U + 4 * n_test * U] + 36 * n_train
+    4 * [(4 + slots) * P + 6 * batch_size * U + 4 * n_test * U + B] + 36 * n_train
       + G * member_ops + MEMBER_OVERHEAD_BYTES
 
     P = weights and biases, slots = optimizer slot variables per weight, U = units in all
@@ -124,7 +139,8 @@ def bytes_per_member(
     epoch holds the int64 permutation, two int32 copies of it, and the inputs and targets
     gathered in that order, once whole and once cut into steps (8 + 8 + 16 + 4 bytes rounded
     up). G * member_ops is the traced graph of ops that run member by member
-    (`member_ops_per_member`). Measured peak RSS grows by about 50 KB a member for the
+    (`member_ops_per_member`). B = `grouped`, the floats of block-diagonal products
+    (`grouped_floats`). Measured peak RSS grows by about 50 KB a member for the
     notebook net, which this puts at 83 KB: the estimate errs on the safe side.
     """
     params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
@@ -133,14 +149,35 @@ def bytes_per_member(
         (4 + OPTIMIZERS[optimizer].slots) * params + 6 * batch_size * units + 4 * n_test * units
     )
     graph = GRAPH_BYTES_PER_MEMBER_OP * member_ops
-    return 4 * floats + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
+    return 4 * (floats + grouped) + 36 * n_train + graph + MEMBER_OVERHEAD_BYTES
+
+
+def grouped_floats(model_cfg, shapes, n_train: int, n_test: int, train_cfg) -> int:
+    """Floats per member that block-diagonal products add (0 if none is grouped).
+
+    A grouped layer of group size g holds a block-diagonal kernel (kept for the gradient),
+    its broadcast source and the full h^T dy: 3 * g * in * out, the test pass 2 * g * in * out,
+    in the batch shape that needs most. Each epoch also keeps two copies of the weights and
+    slots in numpy, to train some members again (`_Trainer._redo`).
+    """
+    batch = train_cfg.batch_size
+    rows = [(batch, True, 3), (n_train % batch, True, 3), (n_test, False, 2)]
+    per_shape = []
+    for n, training, copies in rows:
+        groups = layer_groups(model_cfg, shapes, n, training)
+        per_shape.append(copies * sum(g * i * o for g, (i, o) in zip(groups, shapes, strict=True)))
+    if not any(per_shape):
+        return 0
+    params = sum(fan_in * fan_out + fan_out for fan_in, fan_out in shapes)
+    return max(per_shape) + 2 * (1 + OPTIMIZERS[train_cfg.optimizer].slots) * params
 
 
 def members_per_chunk(train_cfg, model_cfg, shapes, n_train: int, n_test: int) -> int:
     """How many members fit the memory budget (at least one)."""
     member_ops = member_ops_per_member(model_cfg, shapes, n_train, n_test, train_cfg.batch_size)
+    grouped = grouped_floats(model_cfg, shapes, n_train, n_test, train_cfg)
     per_member = bytes_per_member(
-        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer, member_ops
+        shapes, n_train, n_test, train_cfg.batch_size, train_cfg.optimizer, member_ops, grouped
     )
     size = int(train_cfg.memory_budget_mb * 2**20 // per_member)
     if member_ops:
@@ -148,23 +185,32 @@ def members_per_chunk(train_cfg, model_cfg, shapes, n_train: int, n_test: int) -
     return max(1, size)
 
 
-def member_ops_per_member(model_cfg, shapes, n_train: int, n_test: int, batch_size: int) -> int:
+def member_ops_per_member(
+    model_cfg, shapes, n_train: int, n_test: int, batch_size: int, grouped: bool = True
+) -> int:
     """Ops each member adds to the graph because they must run member by member.
 
     Per layer and batch shape, in training: 3 matmuls (forward and two gradients), or 8 ops
     for a whole layer (matmul, bias and activation, their gradients); 1 or 3 for the test.
+    Matmuls done in block-diagonal groups (`group_size`) add none.
     """
-    row_counts = [(batch_size, 3, 8), (n_train % batch_size, 3, 8), (n_test, 1, 3)]
+    row_counts = [
+        (batch_size, True, 3, 8),
+        (n_train % batch_size, True, 3, 8),
+        (n_test, False, 1, 3),
+    ]
     count = 0
     for layer, (fan_in, fan_out) in enumerate(shapes):
         last = layer == len(shapes) - 1
         name = model_cfg.output_activation if last else model_cfg.activation
-        for rows, matmul_ops, layer_ops in row_counts:
+        for rows, training, matmul_ops, layer_ops in row_counts:
             if rows == 0:
                 continue
             if name not in POSITION_FREE_ACTIVATIONS:
                 count += layer_ops
-            elif not _batched_matmul_is_exact(rows, fan_in, fan_out):
+            elif not _batched_matmul_is_exact(rows, fan_in, fan_out) and not (
+                grouped and group_size(rows, fan_in, fan_out, training)
+            ):
                 count += matmul_ops
     return count
 
@@ -261,6 +307,122 @@ def _matmul(h: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
     return tf.stack([tf.matmul(a, w) for a, w in pairs])
 
 
+def group_size(rows: int, fan_in: int, fan_out: int, training: bool) -> int:
+    """Members per block-diagonal group: the fewest whose product takes TensorFlow's 2-D
+    kernel; 0 if a sum would then be longer than MAX_GROUPED_DEPTH (rows sum in dW)."""
+    if rows == 0:
+        return 0
+    group = 1
+    while not _batched_matmul_is_exact(rows, group * fan_in, group * fan_out):
+        group += 1
+    depth = max(group * fan_in, group * fan_out, rows if training else 0)
+    return group if depth <= MAX_GROUPED_DEPTH else 0
+
+
+def layer_groups(model_cfg, shapes, rows: int, training: bool) -> list[int]:
+    """Each layer's group size for a batch of `rows`; 0 where it is not grouped."""
+    groups = []
+    if rows == 0:
+        return [0] * len(shapes)
+    for layer, (fan_in, fan_out) in enumerate(shapes):
+        last = layer == len(shapes) - 1
+        name = model_cfg.output_activation if last else model_cfg.activation
+        position_free = name in POSITION_FREE_ACTIVATIONS
+        grouped = position_free and not _batched_matmul_is_exact(rows, fan_in, fan_out)
+        groups.append(group_size(rows, fan_in, fan_out, training) if grouped else 0)
+    return groups
+
+
+def _grouped_matmul(h: tf.Tensor, kernel: tf.Tensor, group: int) -> tf.Tensor:
+    """Grouped h [groups, n, group * in] @ each member's kernel [M, in, out], as one
+    BatchMatMul by block-diagonal kernels [groups, group * in, group * out].
+
+    Each output sums its member's terms in Keras's order, and exact zeros. The gradients are
+    the same products transposed; dW is read off the diagonal blocks of h^T dy, whose sums
+    run over rows and hold no zeros.
+    """
+    members = kernel.shape[0]
+
+    @tf.custom_gradient
+    def product(h, kernel):
+        blocks = _block_diagonal(kernel, group)
+
+        def gradient(dy):
+            dh = tf.linalg.matmul(dy, blocks, adjoint_b=True)
+            full = tf.linalg.matmul(h, dy, adjoint_a=True)
+            return dh, _diagonal_blocks(full, group, members)
+
+        return tf.linalg.matmul(h, blocks), gradient
+
+    return product(h, kernel)
+
+
+def _grouped_bias_add(x: tf.Tensor, bias: tf.Tensor, group: int) -> tf.Tensor:
+    """Grouped x + each member's bias [M, out]. The bias gradient sums dy over rows in the
+    stacked layout [M, n, out]: TensorFlow's reduction sums in another order when the
+    inner dimension is group * out wide."""
+    members = bias.shape[0]
+
+    @tf.custom_gradient
+    def add(x, bias):
+        def gradient(dy):
+            return dy, tf.reduce_sum(_from_groups(dy, group, members), axis=1)
+
+        return tf.add(x, _to_groups(bias[:, None, :], group)), gradient
+
+    return add(x, bias)
+
+
+def _padded(t: tf.Tensor, group: int) -> tf.Tensor:
+    """Zero members appended up to a whole number of groups."""
+    return tf.pad(t, [[0, -t.shape[0] % group]] + [[0, 0]] * (t.shape.rank - 1))
+
+
+def _to_groups(t: tf.Tensor, group: int) -> tf.Tensor:
+    """[M, n, k] -> [groups, n, group * k]: the members of a group side by side."""
+    t = _padded(t, group)
+    split = tf.reshape(t, [-1, group, t.shape[1], t.shape[2]])
+    return tf.reshape(tf.transpose(split, [0, 2, 1, 3]), [-1, t.shape[1], group * t.shape[2]])
+
+
+def _from_groups(t: tf.Tensor, group: int, members: int) -> tf.Tensor:
+    """[groups, n, group * k] -> [M, n, k], the inverse of `_to_groups`."""
+    split = tf.reshape(t, [-1, t.shape[1], group, t.shape[2] // group])
+    return tf.reshape(tf.transpose(split, [0, 2, 1, 3]), [-1, t.shape[1], t.shape[2] // group])[
+        :members
+    ]
+
+
+def _block_diagonal(kernel: tf.Tensor, group: int) -> tf.Tensor:
+    """[M, in, out] -> [groups, group * in, group * out], each group's kernels on the diagonal.
+
+    The zeros are placed by a select, never as 0 * weight, which an infinite weight would
+    turn into NaN.
+    """
+    kernel = _padded(kernel, group)
+    fan_in, fan_out = kernel.shape[1], kernel.shape[2]
+    shape = [kernel.shape[0] // group, group, fan_in, group, fan_out]
+    wide = tf.broadcast_to(tf.reshape(kernel, [-1, group, fan_in, 1, fan_out]), shape)
+    diagonal = np.eye(group, dtype=bool).reshape(1, group, 1, group, 1)
+    blocks = tf.where(diagonal, wide, tf.zeros_like(wide))
+    return tf.reshape(blocks, [-1, group * fan_in, group * fan_out])
+
+
+def _diagonal_blocks(blocks: tf.Tensor, group: int, members: int) -> tf.Tensor:
+    """[groups, group * in, group * out] -> the [M, in, out] blocks on its diagonal."""
+    fan_in, fan_out = blocks.shape[1] // group, blocks.shape[2] // group
+    split = tf.reshape(blocks, [-1, group, fan_in, group, fan_out])
+    pairs = tf.reshape(tf.transpose(split, [0, 1, 3, 2, 4]), [-1, group * group, fan_in, fan_out])
+    diagonal = tf.gather(pairs, np.arange(group) * (group + 1), axis=1)
+    return tf.reshape(diagonal, [-1, fan_in, fan_out])[:members]
+
+
+def _finite_members(grouped: tf.Tensor, group: int, members: int) -> tf.Tensor:
+    """[M] bool: whether each member's values in grouped [groups, n, group * k] are finite."""
+    split = tf.reshape(grouped, [-1, grouped.shape[1], group, grouped.shape[2] // group])
+    return tf.reshape(tf.reduce_all(tf.math.is_finite(split), axis=[1, 3]), [-1])[:members]
+
+
 def _dense_per_member(name: str, members: list, kernel: tf.Tensor, bias: tf.Tensor) -> list:
     """A Dense layer member by member, the ops Keras's Dense writes on one model's [rows, in]:
     TensorFlow's graph optimizer then treats (fuses, rounds) them as it treats Keras's."""
@@ -276,10 +438,28 @@ class _Trainer:
     fresh optimizer state.
     """
 
-    def __init__(self, train_cfg, model_cfg, data: Dataset, shapes, members: int):
+    def __init__(
+        self, train_cfg, model_cfg, data: Dataset, shapes, members: int, grouped: bool = True
+    ):
         self.cfg = train_cfg
+        self.model_cfg = model_cfg
         self.data = data
+        self.shapes = shapes
         self.members = members
+        # Group size of each layer per (rows, training); all 0 when not grouped.
+        n_train, batch = len(data.x_train), train_cfg.batch_size
+        self.groups = {
+            (rows, training): layer_groups(model_cfg, shapes, rows, training)
+            if grouped
+            else [0] * len(shapes)
+            for rows, training in (
+                (batch, True),
+                (n_train % batch, True),
+                (len(data.x_test), False),
+            )
+            if rows
+        }
+        self.exact_trainers: dict[int, _Trainer] = {}  # ungrouped, by size: see `_redo`
         self.kernels = [
             tf.Variable(tf.zeros([members, fan_in, fan_out]), name=f"kernel_{i}")
             for i, (fan_in, fan_out) in enumerate(shapes)
@@ -318,7 +498,13 @@ class _Trainer:
         frozen: dict[int, list[np.ndarray]] = {}  # weights of members when they diverged
         for epoch in range(epochs):
             order = np.stack([g.permutation(n_train).astype(np.int32) for g in generators])
-            epoch_train, epoch_test = (t.numpy() for t in self.run_epoch(tf.constant(order)))
+            start = self._start() if self._grouped() else None
+            outputs = self.run_epoch(tf.constant(order))
+            epoch_train, epoch_test, test_finite = (t.numpy() for t in outputs)
+            if start is not None:
+                redo = self._members_to_redo(epoch_train, epoch_test, test_finite)
+                if len(redo):
+                    self._redo(redo, start, order, epoch_train, epoch_test)
             train_loss[:, epoch], test_loss[:, epoch] = epoch_train, epoch_test
             finite = np.isfinite(epoch_train) & np.isfinite(epoch_test)
             newly = np.flatnonzero(~finite & (diverged == 0))
@@ -327,6 +513,8 @@ class _Trainer:
                 # Like fit, which stops there: keep these weights and ignore later epochs.
                 snapshot = [v.numpy()[newly] for v in self.variables]
                 frozen.update({m: [a[i] for a in snapshot] for i, m in enumerate(newly)})
+                if start is not None:  # their inf and NaN would make their groups redo
+                    self._set_members(newly, [np.zeros_like(a[newly]) for a in start[0]])
             if diverged.all():
                 break
         weights = [v.numpy() for v in self.variables]
@@ -345,43 +533,130 @@ class _Trainer:
             )
         return results
 
-    def _forward(self, x: tf.Tensor) -> tf.Tensor:
+    def _grouped(self) -> bool:
+        return any(any(groups) for groups in self.groups.values())
+
+    def _member_state(self) -> list[tf.Variable]:
+        """Variables with a member axis: weights, biases and optimizer slots."""
+        slots = [v for v in self.optimizer.variables if len(v.shape) > 0]
+        return self.variables + slots
+
+    def _state(self) -> list[np.ndarray]:
+        return [v.numpy() for v in self._member_state()]
+
+    def _scalars(self) -> list[tf.Variable]:
+        """Optimizer variables shared by all members: step count, learning rate."""
+        return [v for v in self.optimizer.variables if len(v.shape) == 0]
+
+    def _start(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Everything an epoch starts from, to train some members' epoch again."""
+        return self._state(), [v.numpy() for v in self._scalars()]
+
+    def _set_members(self, indices: np.ndarray, values: list[np.ndarray]) -> None:
+        for variable, value in zip(self._member_state(), values, strict=True):
+            array = variable.numpy()
+            array[indices] = value
+            variable.assign(array)
+
+    def _members_to_redo(self, train_loss, test_loss, test_finite) -> np.ndarray:
+        """Members whose epoch may be wrong: those with inf or NaN, which turn the zeros of
+        their groups' products into NaN (0 * inf), and everyone grouped with them.
+
+        An inf or NaN entering a grouped product in training shows in that member's kernel
+        gradient (h^T dy) and so in its weights or slots; in the test pass it is checked as
+        it enters (`test_finite`).
+        """
+        bad = ~(np.isfinite(train_loss) & np.isfinite(test_loss) & test_finite)
+        for array in self._state():
+            bad |= ~np.isfinite(array.reshape(self.members, -1)).all(axis=1)
+        redo = np.zeros(self.members, bool)
+        index = np.arange(self.members)
+        for group in {g for groups in self.groups.values() for g in groups if g}:
+            redo |= np.isin(index // group, index[bad] // group)
+        return np.flatnonzero(redo)
+
+    def _redo(self, redo, start, order, train_loss, test_loss) -> None:
+        """Train the `redo` members' epoch again from `start`, member by member (exact
+        whatever their values), in place of their grouped results."""
+        data, batch = self.data, self.cfg.batch_size
+        member_ops = member_ops_per_member(
+            self.model_cfg, self.shapes, len(data.x_train), len(data.x_test), batch, grouped=False
+        )
+        size = max(1, MAX_MEMBER_OPS_PER_GRAPH // max(member_ops, 1))
+        arrays, scalars = start
+        for first in range(0, len(redo), size):
+            part = redo[first : first + size]
+            if len(part) not in self.exact_trainers:
+                self.exact_trainers[len(part)] = _Trainer(
+                    self.cfg, self.model_cfg, self.data, self.shapes, len(part), grouped=False
+                )
+            exact = self.exact_trainers[len(part)]
+            for variable, value in zip(exact._member_state(), arrays, strict=True):
+                variable.assign(value[part])
+            for variable, value in zip(exact._scalars(), scalars, strict=True):
+                variable.assign(value)
+            outputs = exact.run_epoch(tf.constant(order[part]))
+            train_loss[part], test_loss[part], _ = (t.numpy() for t in outputs)
+            self._set_members(part, exact._state())
+
+    def _forward(self, x: tf.Tensor, training: bool, checks: list | None = None) -> tf.Tensor:
         """Dense layers as Keras computes them: matmul, add the bias, activation.
 
-        Layers with position-free activations run on stacked tensors, others member by
-        member (`_dense_per_member`); `members` holds the per-member tensors between them.
+        Layers with position-free activations run on stacked tensors, in block-diagonal
+        groups where a stacked matmul would sum in another order (`_grouped_matmul`; the
+        activations stay grouped from one such layer to the next), others member by member
+        (`_dense_per_member`; `members` holds the per-member tensors between them).
+        `checks` collects, per grouped product, whether each member's input is finite.
         """
         last = len(self.kernels) - 1
+        groups = self.groups[(x.shape[1], training)]
         members = None
+        layout = 0  # group size of x's grouped layout, 0 when stacked
         for index, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
             name = self.output_activation if index == last else self.hidden_activation
-            if name in POSITION_FREE_ACTIVATIONS:
-                x = tf.stack(members) if members is not None else x
-                x = network.activation(name)(tf.add(_matmul(x, kernel), bias[:, None, :]))
-                members = None
-            else:
+            if name not in POSITION_FREE_ACTIVATIONS:
+                if layout:
+                    x, layout = _from_groups(x, layout, self.members), 0
                 members = _dense_per_member(
                     name, members if members is not None else tf.unstack(x), kernel, bias
                 )
-        return tf.stack(members) if members is not None else x
+                continue
+            x, members = tf.stack(members) if members is not None else x, None
+            group = groups[index]
+            if group != layout:
+                x = _from_groups(x, layout, self.members) if layout else x
+                x, layout = _to_groups(x, group) if group else x, group
+            if group:
+                if checks is not None:
+                    checks.append(_finite_members(x, group, self.members))
+                x = _grouped_bias_add(_grouped_matmul(x, kernel, group), bias, group)
+            else:
+                x = tf.add(_matmul(x, kernel), bias[:, None, :])
+            x = network.activation(name)(x)
+        if members is not None:
+            return tf.stack(members)
+        return _from_groups(x, layout, self.members) if layout else x
 
-    def _member_losses(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
+    def _member_losses(
+        self, x: tf.Tensor, y: tf.Tensor, training: bool, checks: list | None = None
+    ) -> tf.Tensor:
         """Each member's mean loss over its batch, reduced as Keras's loss reduction does."""
-        values = self.loss_fn(y, self._forward(x))  # [M, n]
+        values = self.loss_fn(y, self._forward(x, training, checks))  # [M, n]
         count = tf.cast(tf.shape(values)[1], values.dtype)
         return tf.math.divide_no_nan(tf.reduce_sum(values, axis=1), count)
 
     def _step(self, x: tf.Tensor, y: tf.Tensor) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            losses = self._member_losses(x, y)
+            losses = self._member_losses(x, y, training=True)
             # The sum's gradient with respect to each member's loss is 1: its own gradient.
             total = tf.reduce_sum(losses)
         gradients = tape.gradient(total, self.variables)
         self.optimizer.apply_gradients(zip(gradients, self.variables, strict=True))
         return losses
 
-    def _epoch(self, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """All steps of one epoch, each member's samples taken in its `order`, then the test loss.
+    def _epoch(self, order: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """All steps of one epoch, each member's samples taken in its `order`, then the test loss
+        (and whether each member's values entering grouped products in the test were finite).
 
         The train loss is what fit's loss tracker reports: the running sum of each batch's
         loss times its size, over the number of samples. The test loss is evaluate's on one
@@ -406,10 +681,14 @@ class _Trainer:
             count += float(rest)
         train_loss = tf.math.divide_no_nan(total, count)
         shape = [self.members, *self.x_test.shape]
+        checks = [tf.ones([self.members], tf.bool)]
         test = self._member_losses(
-            tf.broadcast_to(self.x_test, shape), tf.broadcast_to(self.y_test, shape)
+            tf.broadcast_to(self.x_test, shape),
+            tf.broadcast_to(self.y_test, shape),
+            training=False,
+            checks=checks,
         )
         n_test = float(self.x_test.shape[0])
         test_total = tf.zeros([self.members], tf.float32) + test * n_test
         test_loss = tf.math.divide_no_nan(test_total, tf.zeros([]) + n_test)
-        return train_loss, test_loss
+        return train_loss, test_loss, tf.reduce_all(tf.stack(checks), axis=0)
