@@ -60,12 +60,25 @@ def main() -> None:
     parser.add_argument("--server-runs", type=int, default=300)
     parser.add_argument("--training-only", action="store_true", help="time training alone")
     parser.add_argument("--members", type=int, default=1000, help="members per training cell")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        nargs="*",
+        metavar="RUNS",
+        help="whole sweeps through the CLI (start-up included) with each writer, e.g. 10000",
+    )
+    parser.add_argument(
+        "--writers", nargs="+", default=["bulk", "client"], help="writers timed by --scale"
+    )
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "RUNS"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         kind, runs = args.measure[0], int(args.measure[1])
         print(json.dumps(measure(kind, runs, args.log_workers, args.uri)))
+        return
+    if args.scale is not None:
+        scale(args.scale or [10_000], args.writers, args.bare_runs)
         return
     if args.training_only:
         for hidden, epochs in TRAINING_CELLS:
@@ -167,6 +180,76 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
         f"{label:<10} {cfg.model.activation} {init} {epochs} epoch(s) x {members} members: "
         f"{seconds:6.1f} s wall, {cpu:6.1f} s CPU, {members / seconds:7.1f} runs/s"
     )
+
+
+def sweep_row(runs: int, writer: str) -> dict:
+    """A whole sweep of the notebook net through the CLI in a fresh store, start-up included:
+    wall seconds, the process's peak RSS, and the disk the store and its artifacts take."""
+    with tempfile.TemporaryDirectory(prefix="deadunits-scale-") as tmp:
+        command = [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "-m",
+            f"seed=range(0,{runs})",
+            "train.engine=batched",
+            f"tracking.writer={writer}",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            "tracking.experiment=scale",
+            f"hydra.sweep.dir={tmp}/multirun",
+        ]
+        print(f"  sweeping {runs} runs, tracking.writer={writer} ...", file=sys.stderr, flush=True)
+        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.perf_counter() - start
+        if status != 0:
+            raise SystemExit(f"sweep failed:\n{process.stderr.read()[-3000:].decode()}")
+        database = Path(tmp, "mlflow.db").stat().st_size
+        artifacts = sum(
+            f.stat().st_size for f in Path(tmp, "mlartifacts").rglob("*") if f.is_file()
+        )
+        return {
+            "label": f"sweep, tracking.writer={writer}",
+            "runs": runs,
+            "seconds": seconds,
+            "runs_per_s": runs / seconds,
+            "peak_mib": usage.ru_maxrss / 1024,
+            "db_mib_per_10k": database / 2**20 * 10_000 / runs,
+            "artifacts_mib_per_10k": artifacts / 2**20 * 10_000 / runs,
+        }
+
+
+def scale(sizes: list[int], writers: list[str], bare_runs: int) -> None:
+    """Sweeps at scale with each writer, against the bare client ceiling and training alone."""
+    started = datetime.now(timezone.utc)
+    print(header(started, 1), flush=True)
+    ceiling = child("bare", bare_runs, 1)
+    print(f"bare client ceiling: {ceiling['runs_per_s']:.1f} runs/s ({bare_runs} runs)")
+    largest = max(sizes)
+    training = training_rate([2], 10, min(largest, 10_000), init="glorot_uniform")
+    print(f"training only: {training}")
+    training_rate_s = float(training.split()[-2])
+    print(
+        f"{'sweep':<34}{'runs':>8}{'seconds':>9}{'runs/s':>9}{'x client':>9}{'x train':>9}"
+        f"{'peak MiB':>9}{'db MiB/10k':>11}{'art MiB/10k':>12}"
+    )
+    for runs in sizes:
+        for writer in writers:
+            row = sweep_row(runs, writer)
+            print(
+                f"{row['label']:<34}{runs:>8}{row['seconds']:>9.1f}{row['runs_per_s']:>9.1f}"
+                f"{row['runs_per_s'] / ceiling['runs_per_s']:>8.1f}x"
+                f"{row['runs_per_s'] / training_rate_s:>8.2f}x{row['peak_mib']:>9.0f}"
+                f"{row['db_mib_per_10k']:>11.1f}{row['artifacts_mib_per_10k']:>12.1f}",
+                flush=True,
+            )
+    print("targets: bulk >= 8x the client ceiling at 10,000 runs; >= 0.6x training alone;")
+    print("         100,000 runs under 2048 MiB peak RSS")
+    print(f"finished in {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min")
 
 
 def compose_config(uri: str, engine: str, runs: int, log_workers: int, extra=()):

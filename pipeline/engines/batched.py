@@ -47,6 +47,7 @@ each chunk's results before the next one trains, so they are logged meanwhile.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from functools import cache
 
@@ -58,6 +59,7 @@ from pipeline.data import Dataset
 from pipeline.engines import MemberResult
 
 tf, keras = numerics.import_tensorflow()
+log = logging.getLogger("deadunits")
 ops = keras.ops
 
 # Activations whose kernels round an element alike in SIMD packets and one by one (checked
@@ -81,6 +83,16 @@ MAX_MEMBER_OPS_PER_GRAPH = 10_000
 MAX_MEMBERS_PER_CHUNK = 512
 
 
+@cache
+def _warn_wide_layers() -> None:
+    log.warning(
+        "train.engine=batched: hidden layers wider than %d units sum their bias gradients in "
+        "another order than Keras, so these runs may differ from train.engine=keras in the "
+        "last bits (the probe at init is exact either way)",
+        packet_size(),
+    )
+
+
 class UnsupportedConfig(ValueError):
     """A configuration the batched engine cannot reproduce exactly."""
 
@@ -98,6 +110,8 @@ def train(
     if not seeds:
         return
     shapes = [kernel.shape for kernel, _ in initial[0]]
+    if any(fan_out > packet_size() for _, fan_out in shapes[:-1]):
+        _warn_wide_layers()
     fit = members_per_chunk(train_cfg, model_cfg, shapes, len(data.x_train), len(data.x_test))
     chunks = -(-len(seeds) // min(fit, MAX_MEMBERS_PER_CHUNK))
     size = -(-len(seeds) // chunks)
