@@ -68,7 +68,8 @@ def run_job(cfg) -> dict[str, int]:
     if tracker.parent_run_id is None:
         tracker.parent_run_id = tracker.outer_run_id()
     summary = JobSummary()
-    keys = {seed: schema.config_key(flat, seed) for seed in seeds_of(cfg)}
+    seeds = seeds_of(cfg)
+    keys = dict(zip(seeds, schema.config_keys(flat, seeds), strict=True))
     todo = list(keys)
     if cfg.tracking.sweep_id is None:  # a sweep's jobs run what their sweeper planned
         done = tracker.done_keys(set(keys.values()), force=cfg.force)

@@ -38,6 +38,9 @@ from pipeline.tracking import Tracker, choose_writer, flat_config, git_commit, p
 log = logging.getLogger("deadunits")
 MAX_PARAM_LENGTH = 6000
 WRITER_KEY = "tracking.writer"
+# A batched job holds every member's run record until it is logged (about 80 KB each, with
+# the backlog of a busy store): a cell of 25,000 seeds in one job peaked at 2.4 GB.
+SEEDS_PER_BATCHED_JOB = 5_000
 PROGRESS_POLL_S = 3.0  # how often the progress bar asks the store for runs that ended
 LOOKBACK_MS = 10_000
 
@@ -88,8 +91,9 @@ def plan_cells(jobs: list[list[str]], compose) -> list[Cell]:
     for rest, seeds in grouped.items():
         cfg = compose(list(rest))
         seeds = [cfg.seed if s is None else s for s in seeds]
-        with open_dict(cfg):
-            cfg.seeds = seeds
+        compact = all(isinstance(s, int) and s >= 0 for s in seeds)
+        with open_dict(cfg):  # thousands of list nodes would cost OmegaConf seconds
+            cfg.seeds = seed_ranges(seeds) if compact else seeds
         cells.append(Cell(list(rest), cfg, seeds))
     return cells
 
@@ -199,6 +203,7 @@ class GroupingSweeper(Sweeper):
             ) as bar,
             StoreProgress(tracker, sweep_id, bar),
         ):
+            returned = 0  # runs of the jobs that have returned; the store may know of more
             for start in range(0, len(jobs), per_launch):
                 batch = jobs[start : start + per_launch]
                 try:
@@ -208,7 +213,8 @@ class GroupingSweeper(Sweeper):
                     count_results(batch, stop.returns, counts)
                     stop.counts = counts
                     raise
-                bar.advance(count_results(batch, results, counts))
+                returned += count_results(batch, results, counts)
+                bar.reach(returned)
         return counts
 
 
@@ -236,17 +242,14 @@ def next_job_number(sweep_dir: Path) -> int:
 
 
 class ProgressBar(tqdm):
-    """A tqdm bar two threads move: the launcher's results and the store's count."""
+    """A tqdm bar two threads move: the launcher's results and the store's count, each a
+    lower bound of the runs done, so the bar shows the larger."""
 
-    _advance_lock = threading.Lock()
-
-    def advance(self, runs: int) -> None:
-        with self._advance_lock:
-            self.update(runs)
+    _reach_lock = threading.Lock()
 
     def reach(self, runs: int) -> None:
-        """Move the bar up to `runs` done (never back: results may have counted more)."""
-        with self._advance_lock:
+        """Move the bar up to `runs` done (never back: the other source may know more)."""
+        with self._reach_lock:
             if runs > self.n:
                 self.update(min(runs, self.total) - self.n)
 
@@ -353,8 +356,8 @@ def run_keys(cells: list[Cell]) -> dict[tuple[int, int], str]:
     keys = {}
     for cell in cells:
         flat = flat_config(cell.cfg)
-        for seed in cell.seeds:
-            keys[(id(cell), seed)] = schema.config_key(flat, seed)
+        for seed, key in zip(cell.seeds, schema.config_keys(flat, cell.seeds), strict=True):
+            keys[(id(cell), seed)] = key
     return keys
 
 
@@ -384,7 +387,11 @@ def job_overrides(cell: Cell, sweep: SweepRun) -> list[list[str]]:
     if cell.batched:
         chosen = [o for o in common if not o.startswith(f"{WRITER_KEY}=")]
         chosen.append(f"{WRITER_KEY}={sweep.writer}")
-        return [[*chosen, f"seeds='{seed_ranges(cell.todo)}'"]]
+        parts = range(0, len(cell.todo), SEEDS_PER_BATCHED_JOB)
+        return [
+            [*chosen, f"seeds='{seed_ranges(cell.todo[i : i + SEEDS_PER_BATCHED_JOB])}'"]
+            for i in parts
+        ]
     return [[*common, f"seed={seed}"] for seed in cell.todo]
 
 

@@ -263,7 +263,7 @@ def test_progress_counts_the_sweeps_runs_that_end_in_the_store(tmp_path):
     run("s1")  # ended before the launch: not this launch's progress
     since = int(time.time() * 1000) + 1
     time.sleep(0.01)
-    with ProgressBar(total=3, file=io.StringIO()) as bar:
+    with ProgressBar(total=10, file=io.StringIO()) as bar:
         progress = StoreProgress(tracker, "s1", bar)
         run("s1")
         run("s1", end=False)  # still RUNNING
@@ -275,6 +275,7 @@ def test_progress_counts_the_sweeps_runs_that_end_in_the_store(tmp_path):
         progress.poll(following)
         progress.poll(following)  # runs seen twice count once
         assert bar.n == 2
-        bar.advance(3)  # the launcher's results: the bar never moves back
+        bar.reach(5)  # the launcher's results know more: the bar never moves back
         progress.poll(following)
         assert bar.n == 5
+    assert progress.count() == 3  # one COUNT: the ended runs of the sweep, every launch
