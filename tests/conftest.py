@@ -31,6 +31,8 @@ def child_env(env: dict | None = None) -> dict[str, str]:
     for name in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):
         if name not in (env or {}):
             full.pop(name, None)
+    # This checkout's packages, whatever directory the child starts in.
+    full["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), full.get("PYTHONPATH")]))
     return full
 
 
