@@ -49,8 +49,9 @@ def job_logs(folder: Path, lines: int = 40) -> str:
     return "\n".join(parts) or f"(no job logs under {folder})"
 
 
-def slurm_arguments(directory: Path, *overrides: str, sweep=SWEEP) -> list[str]:
-    """The command line of a sweep through submitit_slurm, its store and dirs in directory."""
+def slurm_arguments(directory: Path, *overrides: str, sweep=SWEEP, uri=None) -> list[str]:
+    """The command line of a sweep through submitit_slurm, its dirs (and by default its
+    SQLite store) in directory."""
     return [
         *sweep,
         *overrides,
@@ -61,7 +62,7 @@ def slurm_arguments(directory: Path, *overrides: str, sweep=SWEEP) -> list[str]:
         "hydra.launcher.cpus_per_task=1",
         "hydra.launcher.mem_gb=1",
         f"hydra.sweep.dir={directory}/multirun",
-        f"tracking.uri=sqlite:///{directory}/mlflow.db",
+        f"tracking.uri={uri or f'sqlite:///{directory}/mlflow.db'}",
         f"tracking.experiment={EXPERIMENT}",
     ]
 
@@ -71,10 +72,12 @@ def sweep_env(cluster) -> dict[str, str]:
     return {**cluster.env, "PYTHONPATH": str(PROJECT_ROOT)}
 
 
-def slurm_sweep(cluster, directory: Path, *overrides: str, sweep=SWEEP) -> tuple[str, str]:
+def slurm_sweep(
+    cluster, directory: Path, *overrides: str, sweep=SWEEP, uri=None
+) -> tuple[str, str]:
     """Run a sweep through submitit_slurm; returns (tracking URI, failure context)."""
     result = run_cli(
-        *slurm_arguments(directory, *overrides, sweep=sweep),
+        *slurm_arguments(directory, *overrides, sweep=sweep, uri=uri),
         cwd=directory,
         env=sweep_env(cluster),
         timeout=900,
@@ -83,7 +86,7 @@ def slurm_sweep(cluster, directory: Path, *overrides: str, sweep=SWEEP) -> tuple
         f"sweep stderr:\n{result.stderr[-3000:]}\njob logs:\n{job_logs(directory / 'submitit')}"
     )
     assert result.returncode == 0, context
-    return f"sqlite:///{directory}/mlflow.db", context
+    return uri or f"sqlite:///{directory}/mlflow.db", context
 
 
 def array_tasks(folder: Path) -> list[str]:
@@ -159,6 +162,18 @@ def test_batched_cells_run_as_slurm_jobs(slurm_cluster, tmp_path):
         for a, task in (("linear", 1), ("relu", 0))
         for s in (0, 1)
     ], context
+
+
+def test_batched_sweep_through_the_tracking_server_on_postgresql(
+    slurm_cluster, mlflow_server, tmp_path
+):
+    """What a real cluster uses: jobs log over HTTP to a server with a PostgreSQL store."""
+    uri, context = slurm_sweep(
+        slurm_cluster, tmp_path, "train.engine=batched", uri=mlflow_server.url
+    )
+    assert_four_finished_runs_under_one_parent(uri, context)
+    array = array_tasks(tmp_path / "submitit")[0].split("_")[0]
+    assert {tags[1].split("_")[0] for tags in slurm_tags(runs_by_role(uri)["run"])} == {array}
 
 
 def test_array_tasks_see_their_own_slurm_job(slurm_cluster, tmp_path, monkeypatch):
