@@ -61,6 +61,12 @@ CASES = [
         ["tracking.uri=http://127.0.0.1:{silent}", "tracking.timeout_s=3"],
         "tracking.uri",
     ),
+    ("unknown writer", ["tracking.writer=turbo"], "tracking.writer"),
+    (
+        "bulk writer on a file store",
+        ["tracking.writer=bulk", "tracking.uri=file://{tmp}"],
+        "tracking.writer",
+    ),
     ("unsupported store scheme", ["tracking.uri=ftp://127.0.0.1/x"], "tracking.uri"),
     ("store file not SQLite", ["tracking.uri=sqlite:///{tmp}/notes.db"], "tracking.uri"),
     ("store directory read-only", ["tracking.uri=sqlite:///{readonly}/mlflow.db"], "tracking.uri"),

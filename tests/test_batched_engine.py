@@ -25,7 +25,7 @@ from tests.conftest import run_cli
 
 # 160 training samples: 6 batches of 25 and a last one of 10, as fit splits them.
 DATA = make_identity_data(n_samples=200, low=0.0, high=1.0, test_size=0.2, seed=23)
-PER_SWEEP = ("train.engine", "tracking.experiment")  # params that differ by design
+PER_SWEEP = ("train.engine", "tracking.experiment", "tracking.writer")  # differ by design
 RAI = {"name": "rai", "beta_a": 2.0, "beta_b": 1.0, "std": 0.6007}
 
 
