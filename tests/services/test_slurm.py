@@ -140,8 +140,14 @@ def test_keras_sweep_runs_as_slurm_jobs(slurm_cluster, tmp_path):
     submitted = array_tasks(tmp_path / "submitit")
     array = submitted[0].split("_")[0]
     assert submitted == [f"{array}_{task}" for task in range(4)]
-    states = slurm(slurm_cluster, "sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
-    assert sorted(states.stdout.split()) == [f"{array}_{t}|COMPLETED" for t in range(4)]
+    expected = [f"{array}_{t}|COMPLETED" for t in range(4)]
+    deadline = time.monotonic() + 60  # slurmdbd records a task's end a little after it ends
+    while True:
+        states = slurm(slurm_cluster, "sacct", "-n", "-X", "-P", "-j", array, "-o", "JobID,State")
+        if sorted(states.stdout.split()) == expected or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert sorted(states.stdout.split()) == expected
     # Each run names the array task it ran in (jobs in sweep order: relu seeds, then linear).
     order = [f"{a}-glorot_uniform-s{s}" for a in ("relu", "linear") for s in (0, 1)]
     tasks = {name: task for task, name in enumerate(order)}
