@@ -46,7 +46,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, _validate_metric, _validate_param
 
-from pipeline.schema import OWNER_TAG_PREFIX, RESUME_TAGS, TAG_CONFIG_KEY
+from pipeline.schema import OWNER_TAG_PREFIX, RESUME_TAGS, TAG_CONFIG_KEY, is_resume_tag
 from pipeline.store import first_line, redact_uri, sqlite_path
 from pipeline.tracking import RunRecord, local_artifact_dir
 
@@ -484,9 +484,7 @@ def find_runs_by_key(
                     summary = by_id[run_id] = RunSummary(run_id, status, key, start)
                     found.setdefault(key, []).append(summary)
                 # LIKE may ignore case on some databases; keep the exact prefix only.
-                if tag_key is not None and (
-                    tag_key.startswith(OWNER_TAG_PREFIX) or tag_key in RESUME_TAGS
-                ):
+                if tag_key is not None and is_resume_tag(tag_key):
                     summary.tags[tag_key] = tag_value
     return found
 

@@ -41,6 +41,12 @@ TAG_ONEDNN = "onednn"
 # the owner tags (all `deadunits.*`) and the diverged flag.
 OWNER_TAG_PREFIX = "deadunits."
 RESUME_TAGS = (TAG_DIVERGED,)
+
+
+def is_resume_tag(key: str) -> bool:
+    return key.startswith(OWNER_TAG_PREFIX) or key in RESUME_TAGS
+
+
 # MLflow's own tags.
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"

@@ -278,11 +278,7 @@ class Tracker:
                 for run in page:
                     key = run.data.tags.get(schema.TAG_CONFIG_KEY)
                     if key and (keys is None or key in keys):
-                        tags = {
-                            k: v
-                            for k, v in run.data.tags.items()
-                            if k.startswith(schema.OWNER_TAG_PREFIX) or k in schema.RESUME_TAGS
-                        }
+                        tags = {k: v for k, v in run.data.tags.items() if schema.is_resume_tag(k)}
                         summary = RunSummary(
                             run.info.run_id, run.info.status, key, run.info.start_time, tags
                         )
