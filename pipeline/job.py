@@ -19,14 +19,14 @@ from functools import partial
 
 import numpy as np
 
-from pipeline import forward, schema
+from pipeline import forward, interrupts, schema
 from pipeline.config import seeds_of
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
 from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.numerics import numerics_tags
 from pipeline.probe import ProbeResult, probe
-from pipeline.slurm import current_slurm_job, interrupt_on_sigterm
+from pipeline.slurm import current_slurm_job
 from pipeline.store import resolve_tracking_uri
 from pipeline.tracking import RunRecord, Tracker, choose_writer, flat_config, to_yaml
 
@@ -56,8 +56,8 @@ class JobSummary:
 
 def run_job(cfg) -> dict[str, int]:
     """Everything a job does, in order; counts of its runs by outcome."""
-    if current_slurm_job() is not None:
-        interrupt_on_sigterm()  # scancel ends the run in progress KILLED
+    interrupts.remember_interrupts(sigterm=current_slurm_job() is not None)
+    interrupts.check()  # a Ctrl-C an earlier job in this process swallowed ends the sweep
     flat = flat_config(cfg)
     tracker = Tracker(
         resolve_tracking_uri(cfg.tracking.uri),
@@ -174,6 +174,9 @@ def train_live(
             outcome.status = "KILLED"
             raise
         except Exception as error:  # one failing run must not stop the sweep
+            if interrupts.requested():  # a Ctrl-C TensorFlow turned into another error
+                outcome.status = "KILLED"
+                raise KeyboardInterrupt from error
             log.exception("run %s failed", member.record.name)
             outcome.tags[schema.TAG_ERROR] = _one_line(error)
         finally:
@@ -210,17 +213,18 @@ def train_batched(
             ):
                 member = waiting.pop(result.seed)
                 submit(member.record.merged(outcome_record(cfg, member, result, data)))
-        except KeyboardInterrupt:  # the members in training are the runs in progress
+        except BaseException as error:  # the members not trained yet end with the job
+            interrupted = isinstance(error, KeyboardInterrupt) or interrupts.requested()
+            if not interrupted:
+                log.exception("batched training failed")
             for member in waiting.values():
-                submit(member.record.merged(RunRecord(member.record.name, {}, {}, status="KILLED")))
-            raise
-        except Exception as error:  # whatever was not trained is logged FAILED
-            log.exception("batched training failed")
-            for member in waiting.values():
-                failed = RunRecord(
-                    member.record.name, {}, {schema.TAG_ERROR: _one_line(error)}, status="FAILED"
-                )
-                submit(member.record.merged(failed))
+                tags = {} if interrupted else {schema.TAG_ERROR: _one_line(error)}
+                status = "KILLED" if interrupted else "FAILED"
+                submit(member.record.merged(RunRecord(member.record.name, {}, tags, status=status)))
+            if isinstance(error, KeyboardInterrupt | SystemExit):
+                raise
+            if interrupted:  # a Ctrl-C TensorFlow turned into another error
+                raise KeyboardInterrupt from error
         finally:
             submit(None)  # what is trained is logged, even on Ctrl-C
             for future in pending:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping
 
@@ -144,20 +142,3 @@ def wait_until_ended(job_ids: list[str], timeout_s: float, poll_s: float = 1.0) 
             return False
         time.sleep(poll_s)
     return True
-
-
-def interrupt_on_sigterm() -> None:
-    """Make SLURM's SIGTERM (scancel, time limit) end a job like Ctrl-C: KeyboardInterrupt.
-
-    submitit ignores SIGTERM in its jobs, so a cancelled job would keep training until
-    SIGKILL and leave its run RUNNING; as KeyboardInterrupt, the run in progress is closed
-    KILLED. Only the first SIGTERM interrupts: later ones must not cut that cleanup short.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return  # signal handlers can only be set in the main thread
-
-    def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, handler)

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
-from pipeline import schema
+from pipeline import interrupts, schema
 from pipeline.config import parse_seed_ranges, seed_ranges
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
 from pipeline.store import StoreUnavailable, first_line
@@ -161,6 +161,7 @@ class GroupingSweeper(Sweeper):
         started = time.time()
         status = "FAILED"
         ending = None  # (last line, exit code) of a sweep that ends early
+        interrupts.remember_interrupts()
         try:
             counts.update(self._launch(job_list, total, tracker, sweep.sweep_id))
             status = "FINISHED" if counts["crashed_jobs"] == 0 else "FAILED"
@@ -215,6 +216,7 @@ class GroupingSweeper(Sweeper):
                     raise
                 returned += count_results(batch, results, counts)
                 bar.reach(returned)
+                interrupts.check()  # a Ctrl-C a job swallowed still ends the sweep
         return counts
 
 

@@ -3,10 +3,7 @@ tests/services/test_slurm.py runs the same helpers on a real one)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import time
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +12,6 @@ from hydra.core.utils import JobReturn, JobStatus
 from pipeline import schema, slurm_launcher, tracking
 from pipeline.slurm import (
     current_slurm_job,
-    interrupt_on_sigterm,
     parse_states,
     slurm_job_alive,
     states_alive,
@@ -154,18 +150,6 @@ def test_runs_under_slurm_carry_their_job(monkeypatch):
     monkeypatch.setattr(tracking, "slurm_owner_alive", lambda job_id: job_id == "1_0")
     assert not owner_alive(mine)
     assert owner_alive({**mine, schema.TAG_SLURM_JOB_ID: "1_0"})
-
-
-def test_sigterm_becomes_keyboard_interrupt_once():
-    before = signal.getsignal(signal.SIGTERM)
-    try:
-        interrupt_on_sigterm()
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(5)  # the handler runs at the next bytecode
-        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # later ones: ignored
-    finally:
-        signal.signal(signal.SIGTERM, before)
 
 
 class FakeWatcher:
