@@ -161,7 +161,7 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
     from omegaconf import open_dict
 
     from pipeline.data import make_identity_data
-    from pipeline.engines import batched
+    from pipeline.engines import batched, each_member
     from pipeline.initializers import initial_weights_for_seeds, layer_shapes
 
     cfg = compose_config("sqlite:///unused.db", "batched", members, 1, [f"init={init}"])
@@ -171,7 +171,7 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
     shapes = layer_shapes(data.x_train.shape[1], hidden, data.y_train.shape[1])
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, list(cfg.seeds))
     start, cpu = time.perf_counter(), time.process_time()
-    results = list(batched.train(cfg.train, cfg.model, data, list(cfg.seeds), weights))
+    results = each_member(batched.train(cfg.train, cfg.model, data, list(cfg.seeds), weights))
     seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     assert len(results) == members
     widths = sorted(set(hidden))
@@ -278,7 +278,7 @@ def bare_logging(cfg, tracker) -> tuple[float, dict]:
 
     from pipeline.data import make_identity_data
     from pipeline.engines import MemberResult
-    from pipeline.job import outcome_record, prepare_members
+    from pipeline.job import outcome_records, prepare_members
     from pipeline.schema import config_key
     from pipeline.tracking import flat_config
 
@@ -288,12 +288,9 @@ def bare_logging(cfg, tracker) -> tuple[float, dict]:
     keys = {seed: config_key(flat, seed) for seed in seeds}
     members = prepare_members(cfg, flat, tracker, data, seeds, keys)
     losses = [0.25] * cfg.train.epochs
-    records = [
-        m.record.merged(
-            outcome_record(cfg, m, MemberResult(m.seed, m.weights, losses, losses), data)
-        )
-        for m in members
-    ]
+    results = [MemberResult(m.seed, m.weights, losses, losses) for m in members]
+    outcomes = outcome_records(cfg, members, results, data)
+    records = [m.record.merged(o) for m, o in zip(members, outcomes, strict=True)]
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=cfg.tracking.log_workers) as logger:
         list(logger.map(tracker.log_complete, records))

@@ -106,22 +106,22 @@ def prepare_members(
         schema.TAG_ENGINE: cfg.train.engine,
         schema.TAG_DIVERGED: "false",
     }
+    params = schema.run_params_for_seeds(flat, seeds)
+    logged = {k: flat[k] for k in params[0]}
+    configs = config_yaml_for_seeds(logged, seeds) if cfg.tracking.artifacts else None
     members = []
-    for index, seed in enumerate(seeds):
-        init_metrics = at_init.metrics(index, "init")
+    for index, (seed, init_metrics) in enumerate(zip(seeds, at_init.metrics("init"), strict=True)):
         dead = init_metrics[schema.dead_units("init")] > 0
         tags = {
             **common_tags,
             schema.TAG_CONFIG_KEY: keys[seed],
             schema.TAG_DEAD_AT_INIT: str(dead).lower(),
         }
-        record = RunRecord(schema.run_name(flat, seed), schema.run_params(flat, seed), tags)
+        record = RunRecord(schema.run_name(flat, seed), params[index], tags)
         record.add_metrics({**init_metrics, schema.HIDDEN_UNITS: at_init.hidden_units})
-        if cfg.tracking.artifacts:
+        if configs is not None:
             record.artifacts = {
-                "config.yaml": to_yaml(
-                    flat_to_nested({**{k: flat[k] for k in record.params}, "seed": seed})
-                ),
+                "config.yaml": configs[index],
                 "initial_weights.json": weights_json(weights[index]),
             }
         members.append(Member(seed, keys[seed], weights[index], record))
@@ -138,25 +138,40 @@ def probe_members(cfg, weights: list, data: Dataset) -> ProbeResult:
     )
 
 
-def outcome_record(cfg, member: Member, result: MemberResult, data: Dataset) -> RunRecord:
-    """What training added to a member's run: losses, the probe at the end, the status."""
-    record = RunRecord(member.record.name, {}, {})
-    record.add_series(schema.TRAIN_LOSS, result.train_loss)
-    record.add_series(schema.TEST_LOSS, result.test_loss)
-    if result.diverged_epoch is not None:
-        record.tags[schema.TAG_DIVERGED] = "true"
-        record.tags[schema.TAG_DIVERGED_EPOCH] = str(result.diverged_epoch)
-        record.status = "FAILED"
-        return record
-    final = stack([result.final_weights])
-    act, out_act = cfg.model.activation, cfg.model.output_activation
-    at_end = probe(final, data.x_train, act, out_act, cfg.probe.saturation_tol)
-    record.add_metrics(at_end.metrics(0, "final"))
-    for split, x, y in (("train", data.x_train, data.y_train), ("test", data.x_test, data.y_test)):
-        prediction = forward.predict(final, x, act, out_act)
-        name = schema.FINAL_TRAIN_LOSS if split == "train" else schema.FINAL_TEST_LOSS
-        record.add_metrics({name: forward.loss(cfg.train.loss, prediction, y)[0]})
-    return record
+def outcome_records(
+    cfg, members: list[Member], results: list[MemberResult], data: Dataset
+) -> list[RunRecord]:
+    """What training added to each member's run: losses, the probe at the end, the status.
+    The members that did not diverge are probed and scored together."""
+    records = []
+    for member, result in zip(members, results, strict=True):
+        record = RunRecord(member.record.name, {}, {})
+        record.add_series(schema.TRAIN_LOSS, result.train_loss)
+        record.add_series(schema.TEST_LOSS, result.test_loss)
+        if result.diverged_epoch is not None:
+            record.tags[schema.TAG_DIVERGED] = "true"
+            record.tags[schema.TAG_DIVERGED_EPOCH] = str(result.diverged_epoch)
+            record.status = "FAILED"
+        records.append(record)
+    ended = [i for i, result in enumerate(results) if result.diverged_epoch is None]
+    if not ended:
+        return records
+    final = stack([results[i].final_weights for i in ended])
+    act, out_act, loss = cfg.model.activation, cfg.model.output_activation, cfg.train.loss
+    at_end = probe(final, data.x_train, act, out_act, cfg.probe.saturation_tol).metrics("final")
+    train_loss = forward.loss(
+        loss, forward.predict(final, data.x_train, act, out_act), data.y_train
+    )
+    test_loss = forward.loss(loss, forward.predict(final, data.x_test, act, out_act), data.y_test)
+    for row, i in enumerate(ended):
+        records[i].add_metrics(
+            {
+                **at_end[row],
+                schema.FINAL_TRAIN_LOSS: train_loss[row],
+                schema.FINAL_TEST_LOSS: test_loss[row],
+            }
+        )
+    return records
 
 
 def train_live(
@@ -168,8 +183,8 @@ def train_live(
         run_id = tracker.start(member.record)
         outcome = RunRecord(member.record.name, {}, {}, status="FAILED")
         try:
-            (result,) = train(cfg.train, cfg.model, data, [member.seed], [member.weights])
-            outcome = outcome_record(cfg, member, result, data)
+            (results,) = train(cfg.train, cfg.model, data, [member.seed], [member.weights])
+            (outcome,) = outcome_records(cfg, [member], results, data)
         except KeyboardInterrupt:
             outcome.status = "KILLED"
             raise
@@ -208,11 +223,15 @@ def train_batched(
     workers = 1 if bulk else cfg.tracking.log_workers
     with ThreadPoolExecutor(max_workers=workers) as logger:
         try:
-            for result in train(
+            for results in train(
                 cfg.train, cfg.model, data, list(waiting), [m.weights for m in members]
             ):
-                member = waiting.pop(result.seed)
-                submit(member.record.merged(outcome_record(cfg, member, result, data)))
+                trained = [waiting[result.seed] for result in results]
+                for member, outcome in zip(
+                    trained, outcome_records(cfg, trained, results, data), strict=True
+                ):
+                    del waiting[member.seed]
+                    submit(member.record.merged(outcome))
         except BaseException as error:  # the members not trained yet end with the job
             interrupted = isinstance(error, KeyboardInterrupt) or interrupts.requested()
             if not interrupted:
@@ -270,6 +289,15 @@ def flat_to_nested(flat: dict[str, object]) -> dict:
             node = node.setdefault(parent, {})
         node[leaf] = value
     return nested
+
+
+def config_yaml_for_seeds(logged: dict[str, object], seeds: list[int]) -> list[str]:
+    """Each seed's config.yaml artifact: the logged config, nested. Rendered once; only the
+    seed changes."""
+    text = to_yaml(flat_to_nested({**logged, schema.PARAM_SEED: schema.SEED_MARK}))
+    head, found, tail = text.partition(str(schema.SEED_MARK))
+    assert found, "the seed mark is in the rendered config"
+    return [f"{head}{seed}{tail}" for seed in seeds]
 
 
 def weights_json(weights) -> str:

@@ -43,19 +43,21 @@ class ProbeResult:
         """Some hidden layer is entirely dead, so the network's output is constant."""
         return np.any(np.stack([mask.all(axis=1) for mask in self.dead]), axis=0)
 
-    def metrics(self, member: int, stage: str) -> dict[str, float]:
-        """The logged metrics for one member at one stage ('init' or 'final')."""
-        dead = float(self.dead_units()[member])
-        out = {
+    def metrics(self, stage: str) -> list[dict[str, float]]:
+        """The logged metrics of every member at one stage ('init' or 'final')."""
+        dead = self.dead_units()
+        columns = {
             schema.dead_units(stage): dead,
             schema.dead_fraction(stage): dead / self.hidden_units,
-            schema.saturated_units(stage): float(self.saturated_units()[member]),
-            schema.output_dead(stage): float(self.output_dead[member]),
-            schema.collapsed(stage): float(self.collapsed()[member]),
+            schema.saturated_units(stage): self.saturated_units(),
+            schema.output_dead(stage): self.output_dead,
+            schema.collapsed(stage): self.collapsed(),
         }
         for layer, mask in enumerate(self.dead, start=1):
-            out[schema.layer_dead_units(stage, layer)] = float(mask[member].sum())
-        return out
+            columns[schema.layer_dead_units(stage, layer)] = mask.sum(axis=1)
+        names = list(columns)
+        rows = np.column_stack([np.asarray(c, np.float64) for c in columns.values()]).tolist()
+        return [dict(zip(names, row, strict=True)) for row in rows]
 
 
 def probe(

@@ -175,15 +175,15 @@ def config_key(flat: dict[str, object], seed: int) -> str:
     return config_keys(flat, [seed])[0]
 
 
-_SEED_MARK = 987_654_321_987  # never a valid seed (seeds are below 2**31)
+SEED_MARK = 987_654_321_987  # never a valid seed (seeds are below 2**31)
 
 
 def config_keys(flat: dict[str, object], seeds: list[int]) -> list[str]:
     """config_key for many seeds of one config: the JSON is rendered once, only the seed
     changes (100,000 keys in a fraction of a second)."""
     kept = {k: v for k, v in flat.items() if not is_under(k, NOT_IN_KEY)}
-    kept[PARAM_SEED] = _SEED_MARK
-    head, mark, tail = json.dumps(kept, sort_keys=True, default=str).partition(str(_SEED_MARK))
+    kept[PARAM_SEED] = SEED_MARK
+    head, mark, tail = json.dumps(kept, sort_keys=True, default=str).partition(str(SEED_MARK))
     assert mark, "the seed mark is in the rendered config"
     return [
         hashlib.sha1(f"{head}{json.dumps(seed)}{tail}".encode()).hexdigest()[:16] for seed in seeds
@@ -191,9 +191,13 @@ def config_keys(flat: dict[str, object], seeds: list[int]) -> list[str]:
 
 
 def run_params(flat: dict[str, object], seed: int) -> dict[str, str]:
-    params = {k: _as_text(v) for k, v in flat.items() if not is_under(k, NOT_LOGGED)}
-    params[PARAM_SEED] = str(seed)
-    return params
+    return run_params_for_seeds(flat, [seed])[0]
+
+
+def run_params_for_seeds(flat: dict[str, object], seeds: list[int]) -> list[dict[str, str]]:
+    """The logged params of each seed's run: the config, less NOT_LOGGED, as text."""
+    common = {k: _as_text(v) for k, v in flat.items() if not is_under(k, NOT_LOGGED)}
+    return [{**common, PARAM_SEED: str(seed)} for seed in seeds]
 
 
 def _as_text(value) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pipeline  # noqa: F401  (first: it decides TensorFlow's environment)
-from pipeline.engines import batched, keras_fit
+from pipeline.engines import batched, each_member, keras_fit
 from pipeline.numerics import numerics_tags
 from tests.test_batched_engine import DATA, configs, weights_for
 
@@ -28,8 +28,8 @@ def max_differences() -> tuple[float, float]:
         )
         seeds = [5, 7, 9]
         weights = weights_for(init, hidden, seeds, bias)
-        ours = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))[1]
-        (ref,) = keras_fit.train(train_cfg, model_cfg, DATA, [7], [weights[1]])
+        ours = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))[1]
+        (ref,) = each_member(keras_fit.train(train_cfg, model_cfg, DATA, [7], [weights[1]]))
         for (rk, rb), (k, b) in zip(ref.final_weights, ours.final_weights, strict=True):
             weight_diff = max(weight_diff, float(abs(rk - k).max()), float(abs(rb - b).max()))
         for a, b in zip(

@@ -18,7 +18,7 @@ from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
 from pipeline.data import make_identity_data
-from pipeline.engines import batched, keras_fit
+from pipeline.engines import batched, each_member, keras_fit
 from pipeline.forward import ACTIVATIONS
 from pipeline.initializers import KERAS_INITIALIZERS, initial_weights_for_seeds, layer_shapes
 from tests.conftest import run_cli
@@ -82,9 +82,9 @@ def test_same_runs_as_keras_over_architectures(activation, init, hidden, bias_in
     seeds = [3, 11, 12]
     train_cfg, model_cfg = configs(hidden, activation)
     weights = weights_for(init, hidden, seeds, bias_init)
-    ours = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    ours = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
     # A member inside the stack (keras fit is the slow part of this file).
-    reference = keras_fit.train(train_cfg, model_cfg, DATA, [seeds[1]], [weights[1]])
+    reference = each_member(keras_fit.train(train_cfg, model_cfg, DATA, [seeds[1]], [weights[1]]))
     assert_same_runs(list(reference), [ours[1]])
 
 
@@ -114,10 +114,12 @@ def test_same_runs_as_keras_for_deep_nets(hidden, activation, init, epochs):
     seeds = list(range(16))  # 16 members: two groups of 13 or 7, six of 3
     train_cfg, model_cfg = configs(hidden, activation, epochs=epochs)
     weights = weights_for(init, hidden, seeds)
-    ours = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    ours = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
     compared = [4, 14]  # inside a first group, and past it
-    reference = keras_fit.train(
-        train_cfg, model_cfg, DATA, [seeds[i] for i in compared], [weights[i] for i in compared]
+    reference = each_member(
+        keras_fit.train(
+            train_cfg, model_cfg, DATA, [seeds[i] for i in compared], [weights[i] for i in compared]
+        )
     )
     assert_same_runs(list(reference), [ours[i] for i in compared])
 
@@ -182,8 +184,8 @@ def test_same_runs_as_keras_for_every_optimizer_loss_and_activation(
     )
     seeds = [5, 7, 9]
     weights = weights_for("he_normal", [3, 3], seeds)
-    ours = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
-    reference = keras_fit.train(train_cfg, model_cfg, DATA, [7], [weights[1]])
+    ours = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    reference = each_member(keras_fit.train(train_cfg, model_cfg, DATA, [7], [weights[1]]))
     assert_same_runs(list(reference), [ours[1]])
 
 
@@ -205,8 +207,8 @@ def test_chunks_give_the_same_results_as_one_chunk(optimizer):
     per_member = batched.bytes_per_member(shapes, 160, 40, 25, optimizer, member_ops)
     small = OmegaConf.merge(train_cfg, {"memory_budget_mb": 2.5 * per_member / 2**20})
     assert batched.members_per_chunk(small, model_cfg, shapes, 160, 40) == 2
-    whole = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
-    chunked = list(batched.train(small, model_cfg, DATA, seeds, weights))
+    whole = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    chunked = each_member(batched.train(small, model_cfg, DATA, seeds, weights))
     assert_same_runs(whole, chunked)
 
 
@@ -217,12 +219,12 @@ def test_a_diverging_member_does_not_touch_the_others():
     weights = weights_for("glorot_uniform", [2], seeds)
     # Huge weights overflow: inf loss, then inf gradients and NaN weights under Adam.
     weights[1] = [(np.full_like(k, 1e30), b) for k, b in weights[1]]
-    together = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    together = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
     assert [r.diverged_epoch for r in together] == [None, 1, None]
     assert len(together[1].train_loss) == 1 and not np.isfinite(together[1].train_loss[0])
-    alone = list(batched.train(train_cfg, model_cfg, DATA, [0, 2], [weights[0], weights[2]]))
+    alone = each_member(batched.train(train_cfg, model_cfg, DATA, [0, 2], [weights[0], weights[2]]))
     assert_same_runs(alone, [together[0], together[2]])
-    (reference,) = keras_fit.train(train_cfg, model_cfg, DATA, [1], [weights[1]])
+    (reference,) = each_member(keras_fit.train(train_cfg, model_cfg, DATA, [1], [weights[1]]))
     assert reference.diverged_epoch == 1
 
 
@@ -235,18 +237,20 @@ def test_a_diverging_member_does_not_touch_its_group():
     train_cfg, model_cfg = configs(hidden, "relu", "adam", "mse")
     weights = weights_for("he_normal", hidden, seeds)
     weights[2] = [(np.full_like(k, 1e12), b) for k, b in weights[2]]  # overflows in layer 4
-    together = list(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    together = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
     assert [r.diverged_epoch for r in together] == [None, None, 1, None]
-    reference = keras_fit.train(train_cfg, model_cfg, DATA, seeds[1:3], weights[1:3])
+    reference = each_member(keras_fit.train(train_cfg, model_cfg, DATA, seeds[1:3], weights[1:3]))
     assert_same_runs(list(reference), together[1:3])
-    alone = list(batched.train(train_cfg, model_cfg, DATA, [0, 3], [weights[0], weights[3]]))
+    alone = each_member(batched.train(train_cfg, model_cfg, DATA, [0, 3], [weights[0], weights[3]]))
     assert_same_runs(alone, [together[0], together[3]])
 
 
 def test_refuses_an_optimizer_it_cannot_batch_exactly():
     train_cfg, _ = configs([2], optimizer="lion")
     with pytest.raises(batched.UnsupportedConfig, match="train.optimizer: .*'lion'"):
-        list(batched.train(train_cfg, None, DATA, [0], weights_for("glorot_uniform", [2], [0])))
+        each_member(
+            batched.train(train_cfg, None, DATA, [0], weights_for("glorot_uniform", [2], [0]))
+        )
 
 
 def test_chunks_fit_the_memory_budget_and_grow_linearly():

@@ -22,7 +22,7 @@ def notebook_weights():
 
 def test_notebook_relu_net_is_born_dead():
     result = probe(notebook_weights(), X, "relu", "relu", 1e-3)
-    metrics = result.metrics(0, "init")
+    metrics = result.metrics("init")[0]
     assert metrics["dead_units_init"] == 2
     assert metrics["dead_fraction_init"] == 1.0
     assert metrics["dead_units_init/layer_1"] == 2
@@ -61,7 +61,7 @@ def test_dead_first_layer_kills_the_layers_above():
     )
     result = probe(weights, X, "relu", "linear", 1e-3)
     assert result.dead_units()[0] == 4
-    assert result.metrics(0, "init")["dead_units_init/layer_2"] == 2
+    assert result.metrics("init")[0]["dead_units_init/layer_2"] == 2
 
 
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])

@@ -63,7 +63,7 @@ def test_the_probe_logs_the_schema_metrics():
         saturated=[np.zeros((1, 2), bool), np.zeros((1, 3), bool)],
         output_dead=np.array([False]),
     )
-    logged = two_layers.metrics(0, "init")
+    logged = two_layers.metrics("init")[0]
     expected = {
         *schema.stage_metrics("init"),
         schema.layer_dead_units("init", 1),

@@ -1,9 +1,11 @@
-"""Training engines. Each takes the same inputs and returns the same MemberResults:
-keras (model.fit, the reference) and batched (every member of a cell in one program)."""
+"""Training engines. Each takes the same inputs and yields the same MemberResults, a chunk
+(a list) at a time: keras (model.fit, the reference; chunks of one member) and batched
+(every member of a chunk in one program)."""
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,3 +27,8 @@ class MemberResult:
 def get_engine(name: str):
     """The engine's train function, imported lazily (TensorFlow is slow to import)."""
     return importlib.import_module(ENGINES[name].module).train
+
+
+def each_member(chunks: Iterable[list[MemberResult]]) -> list[MemberResult]:
+    """Every member's result, in order, from the chunks an engine yields."""
+    return [result for chunk in chunks for result in chunk]

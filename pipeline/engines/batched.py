@@ -99,8 +99,8 @@ class UnsupportedConfig(ValueError):
 
 def train(
     train_cfg, model_cfg, data: Dataset, seeds: list[int], initial: list
-) -> Iterator[MemberResult]:
-    """Train all members in chunks that fit the memory budget; yield results chunk by chunk.
+) -> Iterator[list[MemberResult]]:
+    """Train all members in chunks that fit the memory budget; yield each chunk's results.
 
     Chunks are of equal size (the last one may be smaller), so one traced program serves
     them all.
@@ -120,7 +120,7 @@ def train(
         members = initial[start : start + size]
         if trainer is None or trainer.members != len(members):
             trainer = _Trainer(train_cfg, model_cfg, data, shapes, len(members))
-        yield from trainer.train(seeds[start : start + size], members)
+        yield trainer.train(seeds[start : start + size], members)
 
 
 def check_supported(train_cfg) -> None:

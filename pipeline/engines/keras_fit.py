@@ -13,10 +13,10 @@ from pipeline.engines import MemberResult
 
 def train(
     train_cfg, model_cfg, data: Dataset, seeds: list[int], initial: list
-) -> Iterator[MemberResult]:
-    """Train each member in turn; `initial` holds each member's weights."""
+) -> Iterator[list[MemberResult]]:
+    """Train each member in turn (a chunk of one); `initial` holds each member's weights."""
     for seed, weights in zip(seeds, initial, strict=True):
-        yield _train_one(train_cfg, model_cfg, data, seed, weights)
+        yield [_train_one(train_cfg, model_cfg, data, seed, weights)]
 
 
 def _train_one(train_cfg, model_cfg, data: Dataset, seed: int, weights) -> MemberResult:

@@ -77,7 +77,7 @@ def run_metrics(
             saturated=[np.arange(hidden_units)[None, :] < saturated],
             output_dead=np.array([bool(output)]),
         )
-        metrics.update(probed.metrics(0, stage))
+        metrics.update(probed.metrics(stage)[0])
         if collapsed is not None:  # a test may log an inconsistent value on purpose
             metrics[schema.collapsed(stage)] = collapsed
     return metrics

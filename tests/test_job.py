@@ -1,0 +1,58 @@
+"""A job's per-run records: computed a chunk at a time, exactly as one run at a time."""
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from pipeline import schema
+from pipeline.data import make_identity_data
+from pipeline.engines import MemberResult
+from pipeline.job import Member, config_yaml_for_seeds, flat_to_nested, outcome_records, to_yaml
+from pipeline.tracking import RunRecord, flat_config
+from tests.test_config import CONF
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONF), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.mark.parametrize(
+    ("activation", "hidden"), [("relu", "[2]"), ("tanh", "[10,10,10]"), ("relu", "[4,4,4,4,4]")]
+)
+def test_outcomes_of_a_chunk_equal_each_member_alone(activation, hidden):
+    cfg = composed(f"model.activation={activation}", f"model.hidden_sizes={hidden}")
+    data = make_identity_data(**cfg.data)
+    sizes = [1, *cfg.model.hidden_sizes, 1]
+    rng = np.random.default_rng(0)
+    results, members = [], []
+    for seed in range(37):
+        weights = [
+            (
+                rng.normal(size=(a, b)).astype(np.float32),
+                rng.normal(size=b).astype(np.float32),
+            )
+            for a, b in zip(sizes, sizes[1:], strict=False)
+        ]
+        diverged = 2 if seed % 9 == 4 else None
+        results.append(MemberResult(seed, weights, [0.5, 0.25], [0.5, 0.3], diverged))
+        members.append(Member(seed, f"key{seed}", weights, RunRecord(f"run{seed}", {}, {})))
+
+    together = outcome_records(cfg, members, results, data)
+    for member, result, record in zip(members, results, together, strict=True):
+        (alone,) = outcome_records(cfg, [member], [result], data)
+        assert alone.status == record.status and alone.tags == record.tags
+        assert [(m.key, m.step, m.value) for m in alone.metrics] == [
+            (m.key, m.step, m.value) for m in record.metrics
+        ]
+    assert sum(r.status == "FAILED" for r in together) == 4
+    finished = next(r for r in together if r.status == "FINISHED")
+    assert {schema.FINAL_TRAIN_LOSS, schema.FINAL_TEST_LOSS} <= {m.key for m in finished.metrics}
+
+
+def test_config_artifact_of_each_seed_is_its_own_config():
+    flat = flat_config(composed("seed=3"))
+    logged = {k: flat[k] for k in schema.run_params(flat, 3)}
+    texts = config_yaml_for_seeds(logged, [3, 12345])
+    assert texts[0] == to_yaml(flat_to_nested({**logged, "seed": 3}))
+    assert texts[1] == texts[0].replace("seed: 3\n", "seed: 12345\n")
