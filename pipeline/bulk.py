@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from itertools import chain
@@ -46,6 +47,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME, MLFLOW_USER
 from mlflow.utils.uri import append_to_uri_path
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, _validate_metric, _validate_param
 
+from pipeline import interrupts
 from pipeline.schema import OWNER_TAG_PREFIX, RESUME_TAGS, TAG_CONFIG_KEY, is_resume_tag
 from pipeline.store import first_line, redact_uri, sqlite_path
 from pipeline.tracking import RunRecord, local_artifact_dir
@@ -99,13 +101,15 @@ def _dialect(uri: str) -> str:
     return uri.split(":", 1)[0].split("+", 1)[0].lower()
 
 
-def _connect(engine: sa.engine.Engine):
-    conn = engine.connect()
-    if engine.dialect.name == "sqlite":
-        for pragma in SQLITE_PRAGMAS:
-            conn.exec_driver_sql(pragma)
-        conn.commit()
-    return conn
+@contextmanager
+def _connect(engine: sa.engine.Engine) -> Iterator[sa.engine.Connection]:
+    """A connection, closed at the end; Ctrl-C waits for the block (`interrupts.held`)."""
+    with interrupts.held(), engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            for pragma in SQLITE_PRAGMAS:
+                conn.exec_driver_sql(pragma)
+            conn.commit()
+        yield conn
 
 
 def _revision(conn) -> str | None:

@@ -180,9 +180,11 @@ def train_live(
     """Keras engine: each run is RUNNING in the UI while it trains."""
     train = get_engine("keras")
     for member in members:
-        run_id = tracker.start(member.record)
         outcome = RunRecord(member.record.name, {}, {}, status="FAILED")
+        run_id = None
         try:
+            with interrupts.held():  # a Ctrl-C while the run starts ends it KILLED
+                run_id = tracker.start(member.record)
             (results,) = train(cfg.train, cfg.model, data, [member.seed], [member.weights])
             (outcome,) = outcome_records(cfg, [member], results, data)
         except KeyboardInterrupt:
@@ -195,8 +197,10 @@ def train_live(
             log.exception("run %s failed", member.record.name)
             outcome.tags[schema.TAG_ERROR] = _one_line(error)
         finally:
-            tracker.log(run_id, outcome)
-            tracker.finish(run_id, outcome.status)
+            if run_id is not None:
+                with interrupts.held():
+                    tracker.log(run_id, outcome)
+                    tracker.finish(run_id, outcome.status)
             summary.counts[_outcome(member.record.tags | outcome.tags, outcome.status)] += 1
 
 

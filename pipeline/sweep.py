@@ -404,6 +404,7 @@ class SweepRun:
     command (to resume after a crash) reopens the same parent instead of adding one.
     """
 
+    @interrupts.held()
     def __init__(self, tracker: Tracker, arguments: list[str], cells: list[Cell], signature: str):
         self.tracker = tracker
         self.signature = signature
@@ -466,6 +467,7 @@ class SweepRun:
     def report_command(self) -> str:
         return f"python -m analysis --experiment '{self.experiment}' --sweep {self.sweep_id}"
 
+    @interrupts.held()
     def close(self, status: str, totals: Counter, launch: Counter) -> None:
         """The parent's metrics count the whole sweep, across relaunches; its description
         (shown on its page in the MLflow UI) says what it holds and how to reproduce it."""

@@ -25,7 +25,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import OmegaConf
 
-from pipeline import schema
+from pipeline import interrupts, schema
 from pipeline.slurm import current_slurm_job, slurm_available, slurm_job_alive
 from pipeline.store import PROJECT_ROOT, StoreUnavailable, sqlite_path
 
@@ -137,7 +137,8 @@ class RetryingClient:
         def call(*args, **kwargs):
             for attempt in range(self._attempts):
                 try:
-                    return method(*args, **kwargs)
+                    with interrupts.held():  # a store call is never cut in half
+                        return method(*args, **kwargs)
                 except Exception as error:
                     if "database is locked" not in str(error) or attempt == self._attempts - 1:
                         raise
@@ -201,6 +202,7 @@ class Tracker:
             tags[schema.TAG_SWEEP_ID] = self.sweep_id
         return tags
 
+    @interrupts.held()
     def start(self, record: RunRecord) -> str:
         """Create a RUNNING run carrying everything known so far."""
         run = self.client.create_run(
@@ -217,6 +219,7 @@ class Tracker:
             raise
         return run.info.run_id
 
+    @interrupts.held()
     def log(self, run_id: str, record: RunRecord, artifact_uri: str | None = None) -> None:
         params = [Param(k, v) for k, v in record.params.items()]
         tags = [RunTag(k, v) for k, v in record.tags.items()]
@@ -240,9 +243,11 @@ class Tracker:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
 
+    @interrupts.held()
     def finish(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    @interrupts.held()
     def log_complete(self, record: RunRecord) -> str:
         """A whole run in three calls: create, log_batch, terminate."""
         run_id = self.start(record)
@@ -288,6 +293,7 @@ class Tracker:
                     break
         return found
 
+    @interrupts.held()
     def done_keys(self, keys: set[str], force: bool) -> set[str]:
         """The resume rule: keys that need no new run, because one is FINISHED, or RUNNING
         and owned by a live process. Runs whose owner is gone are marked KILLED on the way.

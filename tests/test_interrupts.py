@@ -62,3 +62,21 @@ def test_sigterm_interrupts_once_under_slurm(fresh_handlers):
         time.sleep(5)
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN  # later ones: ignored
     assert interrupts.requested()
+
+
+def test_a_store_call_is_not_cut_in_half(fresh_handlers):
+    interrupts.remember_interrupts()
+    done = []
+    with pytest.raises(KeyboardInterrupt), interrupts.held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)  # the handler has run: the interrupt waits for the block
+        done.append("written")
+    assert done == ["written"] and interrupts.requested()
+    # A second Ctrl-C does not wait (a store that hangs can still be left).
+    with pytest.raises(KeyboardInterrupt), interrupts.held():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.2)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        done.append("not reached")
+    assert done == ["written"]
