@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,11 @@ class Dataset:
     y_train: np.ndarray  # (n_train, 1) float32
     x_test: np.ndarray
     y_test: np.ndarray
+
+    def digest(self) -> str:
+        """A hash of the values: equal digests, equal data."""
+        arrays = (self.x_train, self.y_train, self.x_test, self.y_test)
+        return hashlib.sha1(b"".join(a.tobytes() for a in arrays)).hexdigest()
 
 
 def make_identity_data(

@@ -7,7 +7,7 @@ start from identical weights under one seed (the paired comparison of the notebo
 from __future__ import annotations
 
 import random
-from functools import cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -83,7 +83,7 @@ def _keras(name: str, shapes, seeds: list[int]) -> list[list[np.ndarray]]:
     return [[kernels[index] for kernels in drawn] for index in range(len(seeds))]
 
 
-@cache
+@lru_cache(maxsize=2)  # a sweep's cells come shape by shape; old programs are let go
 def _keras_drawer(name: str, shapes: tuple[tuple[int, int], ...]):
     tf, keras = import_tensorflow()
 

@@ -213,6 +213,25 @@ def test_chunks_give_the_same_results_as_one_chunk(optimizer):
 
 
 @pytest.mark.slow
+def test_the_next_cell_reuses_the_trainer_and_trains_as_a_new_one():
+    """Cells that differ in the initializer only share one traced program (lu2019_depth)."""
+    train_cfg, model_cfg = configs([4, 4, 4], optimizer="adagrad")  # nonzero initial slots
+    seeds = [0, 1, 2]
+    batched._last_trainer.clear()
+    each_member(
+        batched.train(train_cfg, model_cfg, DATA, seeds, weights_for("he_normal", [4, 4, 4], seeds))
+    )
+    (trainer,) = batched._last_trainer.values()
+    rai = weights_for("rai", [4, 4, 4], seeds)
+    reused = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, rai))
+    assert list(batched._last_trainer.values()) == [trainer]
+    batched._last_trainer.clear()
+    fresh = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, rai))
+    assert list(batched._last_trainer.values()) != [trainer]
+    assert_same_runs(fresh, reused)
+
+
+@pytest.mark.slow
 def test_a_diverging_member_does_not_touch_the_others():
     seeds = [0, 1, 2]
     train_cfg, model_cfg = configs([2], "relu", "adam", "mse")

@@ -115,12 +115,32 @@ def train(
     fit = members_per_chunk(train_cfg, model_cfg, shapes, len(data.x_train), len(data.x_test))
     chunks = -(-len(seeds) // min(fit, MAX_MEMBERS_PER_CHUNK))
     size = -(-len(seeds) // chunks)
-    trainer = None
     for start in range(0, len(seeds), size):
         members = initial[start : start + size]
-        if trainer is None or trainer.members != len(members):
-            trainer = _Trainer(train_cfg, model_cfg, data, shapes, len(members))
+        trainer = _reusable_trainer(train_cfg, model_cfg, data, shapes, len(members))
         yield trainer.train(seeds[start : start + size], members)
+
+
+_last_trainer: dict[tuple, _Trainer] = {}
+
+
+def _reusable_trainer(train_cfg, model_cfg, data: Dataset, shapes, members: int) -> _Trainer:
+    """The trainer of the previous chunk, or of the previous job in this process, when it
+    trains the same program: tracing a deep net's epoch takes seconds, and a sweep's cells
+    that differ only in the initializer or the seeds (adjacent in a sweep) share it. Only the
+    last trainer is kept, so memory does not grow with the number of cells."""
+    key = (
+        repr(train_cfg),
+        model_cfg.activation,
+        model_cfg.output_activation,
+        tuple(tuple(shape) for shape in shapes),
+        members,
+        data.digest(),
+    )
+    if key not in _last_trainer:
+        _last_trainer.clear()
+        _last_trainer[key] = _Trainer(train_cfg, model_cfg, data, shapes, members)
+    return _last_trainer[key]
 
 
 def check_supported(train_cfg) -> None:
