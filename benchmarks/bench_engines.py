@@ -24,11 +24,20 @@ times the batched engine's training alone (`pipeline.engines.batched.train`, tra
 included; no probe, no logging) for each cell of TRAINING_CELLS: the default config with
 he_normal initial weights and the given hidden sizes and epochs. It prints wall and
 process CPU seconds: on a shared machine the CPU time is the steadier figure.
+
+    .venv/bin/python benchmarks/bench_engines.py --scale 10000 100000 [--writers bulk client]
+        [--keep DIR]
+
+runs whole sweeps through the CLI (process start-up, TensorFlow import and store creation
+included) with each writer, and prints them against the bare client ceiling and the
+training-only rate, with peak RSS and disk per 10,000 runs. --keep DIR keeps each store
+(DIR/<runs>-<writer>/mlflow.db) for timing a relaunch or a report on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -70,6 +79,9 @@ def main() -> None:
     parser.add_argument(
         "--writers", nargs="+", default=["bulk", "client"], help="writers timed by --scale"
     )
+    parser.add_argument(
+        "--keep", type=Path, help="with --scale: keep each sweep's store in KEEP/<runs>-<writer>"
+    )
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "RUNS"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -78,7 +90,7 @@ def main() -> None:
         print(json.dumps(measure(kind, runs, args.log_workers, args.uri)))
         return
     if args.scale is not None:
-        scale(args.scale or [10_000], args.writers, args.bare_runs)
+        scale(args.scale or [10_000], args.writers, args.bare_runs, args.keep)
         return
     if args.training_only:
         for hidden, epochs in TRAINING_CELLS:
@@ -182,10 +194,18 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
     )
 
 
-def sweep_row(runs: int, writer: str) -> dict:
+def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
     """A whole sweep of the notebook net through the CLI in a fresh store, start-up included:
-    wall seconds, the process's peak RSS, and the disk the store and its artifacts take."""
-    with tempfile.TemporaryDirectory(prefix="deadunits-scale-") as tmp:
+    wall seconds, the process's peak RSS, and the disk the store and its artifacts take.
+    With keep, the store stays in keep/<runs>-<writer> (for timing a relaunch or a report)."""
+    if keep is not None:
+        kept = keep / f"{runs}-{writer}"
+        kept.mkdir(parents=True, exist_ok=False)
+    with (
+        contextlib.nullcontext(str(kept))
+        if keep is not None
+        else tempfile.TemporaryDirectory(prefix="deadunits-scale-")
+    ) as tmp:
         command = [
             sys.executable,
             "-m",
@@ -223,7 +243,7 @@ def sweep_row(runs: int, writer: str) -> dict:
         }
 
 
-def scale(sizes: list[int], writers: list[str], bare_runs: int) -> None:
+def scale(sizes: list[int], writers: list[str], bare_runs: int, keep: Path | None) -> None:
     """Sweeps at scale with each writer, against the bare client ceiling and training alone."""
     started = datetime.now(timezone.utc)
     print(header(started, 1), flush=True)
@@ -239,7 +259,7 @@ def scale(sizes: list[int], writers: list[str], bare_runs: int) -> None:
     )
     for runs in sizes:
         for writer in writers:
-            row = sweep_row(runs, writer)
+            row = sweep_row(runs, writer, keep)
             print(
                 f"{row['label']:<34}{runs:>8}{row['seconds']:>9.1f}{row['runs_per_s']:>9.1f}"
                 f"{row['runs_per_s'] / ceiling['runs_per_s']:>8.1f}x"
