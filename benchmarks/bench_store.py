@@ -38,19 +38,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 
+from pipeline import schema  # noqa: E402  (after the path to this checkout)
+
 EPOCHS = 10
+# Every scalar a run of the default config logs (its one hidden layer counted per layer).
 SCALARS = (
-    "final_train_loss",
-    "final_test_loss",
-    "dead_units_init",
-    "dead_fraction_init",
-    "dead_units_final",
-    "dead_fraction_final",
-    "dead_units_init/layer_1",
-    "dead_units_final/layer_1",
-    "hidden_units",
-    "collapsed_init",
-    "collapsed_final",
+    *schema.RESULT_METRICS,
+    schema.layer_dead_units("init", 1),
+    schema.layer_dead_units("final", 1),
 )
 
 
