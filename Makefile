@@ -47,7 +47,7 @@ format: venv ## ruff fix and format in place
 	$(VENV)/bin/ruff format .
 
 test: venv lint ## the full suite (what CI runs): lint, unit, slow and service tests, 2 workers
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 test-fast: venv ## unit tests only (no `slow`, no `services`): the edit-test loop
 	$(PY) -m pytest -q -m "not slow and not services"

@@ -194,6 +194,8 @@ def train_live(
             if interrupts.requested():  # a Ctrl-C TensorFlow turned into another error
                 outcome.status = "KILLED"
                 raise KeyboardInterrupt from error
+            if run_id is None:  # the store refused the run: nothing to log it FAILED in
+                raise
             log.exception("run %s failed", member.record.name)
             outcome.tags[schema.TAG_ERROR] = _one_line(error)
         finally:

@@ -14,16 +14,6 @@ import pipeline  # noqa: F401  (first: it decides TensorFlow's environment for e
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test`: two workers, `--dist loadgroup`) a test module runs
-    on one worker, so its module-scoped fixtures are built once, and the service tests share
-    one worker: they share the PostgreSQL server, tracking server and SLURM cluster a
-    session starts."""
-    for item in items:
-        services = item.get_closest_marker("services") is not None
-        item.add_marker(pytest.mark.xdist_group("services" if services else item.path.stem))
-
-
 @pytest.fixture
 def store(tmp_path) -> str:
     """A fresh SQLite tracking URI in a temporary directory."""
