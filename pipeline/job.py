@@ -99,7 +99,7 @@ def prepare_members(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
     )
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)
-    at_init = probe_members(cfg, weights, data)
+    at_init = probe_members(cfg, stack(weights), data)
     common_tags = {
         **tracker.base_tags(),
         **numerics_tags(),
@@ -128,9 +128,10 @@ def prepare_members(
     return members
 
 
-def probe_members(cfg, weights: list, data: Dataset) -> ProbeResult:
+def probe_members(cfg, stacked: list, data: Dataset) -> ProbeResult:
+    """The probe of stacked members' weights on the training inputs, as configured."""
     return probe(
-        stack(weights),
+        stacked,
         data.x_train,
         cfg.model.activation,
         cfg.model.output_activation,
@@ -158,7 +159,7 @@ def outcome_records(
         return records
     final = stack([results[i].final_weights for i in ended])
     act, out_act, loss = cfg.model.activation, cfg.model.output_activation, cfg.train.loss
-    at_end = probe(final, data.x_train, act, out_act, cfg.probe.saturation_tol).metrics("final")
+    at_end = probe_members(cfg, final, data).metrics("final")
     train_loss = forward.loss(
         loss, forward.predict(final, data.x_train, act, out_act), data.y_train
     )
@@ -300,9 +301,9 @@ def flat_to_nested(flat: dict[str, object]) -> dict:
 def config_yaml_for_seeds(logged: dict[str, object], seeds: list[int]) -> list[str]:
     """Each seed's config.yaml artifact: the logged config, nested. Rendered once; only the
     seed changes."""
-    text = to_yaml(flat_to_nested({**logged, schema.PARAM_SEED: schema.SEED_MARK}))
-    head, found, tail = text.partition(str(schema.SEED_MARK))
-    assert found, "the seed mark is in the rendered config"
+    head, tail = schema.around_seed(
+        to_yaml(flat_to_nested({**logged, schema.PARAM_SEED: schema.SEED_MARK}))
+    )
     return [f"{head}{seed}{tail}" for seed in seeds]
 
 

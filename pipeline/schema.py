@@ -183,11 +183,17 @@ def config_keys(flat: dict[str, object], seeds: list[int]) -> list[str]:
     changes (100,000 keys in a fraction of a second)."""
     kept = {k: v for k, v in flat.items() if not is_under(k, NOT_IN_KEY)}
     kept[PARAM_SEED] = SEED_MARK
-    head, mark, tail = json.dumps(kept, sort_keys=True, default=str).partition(str(SEED_MARK))
-    assert mark, "the seed mark is in the rendered config"
+    head, tail = around_seed(json.dumps(kept, sort_keys=True, default=str))
     return [
         hashlib.sha1(f"{head}{json.dumps(seed)}{tail}".encode()).hexdigest()[:16] for seed in seeds
     ]
+
+
+def around_seed(rendered: str) -> tuple[str, str]:
+    """A config rendered once with SEED_MARK as its seed, cut where each seed goes."""
+    head, mark, tail = rendered.partition(str(SEED_MARK))
+    assert mark, "the seed mark is in the rendered config"
+    return head, tail
 
 
 def run_params(flat: dict[str, object], seed: int) -> dict[str, str]:

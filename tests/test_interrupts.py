@@ -7,11 +7,10 @@ import time
 from collections import Counter
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipeline import interrupts, job
 from pipeline.tracking import open_client
-from tests.test_config import CONF
+from tests.test_config import compose_with
 
 
 @pytest.fixture
@@ -38,13 +37,8 @@ def test_a_swallowed_ctrl_c_still_kills_the_run_and_stops(
     engine, store, fresh_handlers, monkeypatch
 ):
     monkeypatch.setattr(job, "get_engine", lambda name: interrupted_inside_tensorflow)
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[f"tracking.uri={store}", f"train.engine={engine}", "seeds=0-2"]
-            if engine == "batched"
-            else [f"tracking.uri={store}"],
-        )
+    batched = [f"train.engine={engine}", "seeds=0-2"] if engine == "batched" else []
+    cfg = compose_with(f"tracking.uri={store}", *batched)
     with pytest.raises(KeyboardInterrupt):
         job.run_job(cfg)
     client = open_client(store)

@@ -2,26 +2,20 @@
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from pipeline import schema
 from pipeline.data import make_identity_data
 from pipeline.engines import MemberResult
 from pipeline.job import Member, config_yaml_for_seeds, flat_to_nested, outcome_records, to_yaml
 from pipeline.tracking import RunRecord, flat_config
-from tests.test_config import CONF
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(str(CONF), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from tests.test_config import compose_with
 
 
 @pytest.mark.parametrize(
     ("activation", "hidden"), [("relu", "[2]"), ("tanh", "[10,10,10]"), ("relu", "[4,4,4,4,4]")]
 )
 def test_outcomes_of_a_chunk_equal_each_member_alone(activation, hidden):
-    cfg = composed(f"model.activation={activation}", f"model.hidden_sizes={hidden}")
+    cfg = compose_with(f"model.activation={activation}", f"model.hidden_sizes={hidden}")
     data = make_identity_data(**cfg.data)
     sizes = [1, *cfg.model.hidden_sizes, 1]
     rng = np.random.default_rng(0)
@@ -51,7 +45,7 @@ def test_outcomes_of_a_chunk_equal_each_member_alone(activation, hidden):
 
 
 def test_config_artifact_of_each_seed_is_its_own_config():
-    flat = flat_config(composed("seed=3"))
+    flat = flat_config(compose_with("seed=3"))
     logged = {k: flat[k] for k in schema.run_params(flat, 3)}
     texts = config_yaml_for_seeds(logged, [3, 12345])
     assert texts[0] == to_yaml(flat_to_nested({**logged, "seed": 3}))
