@@ -298,7 +298,8 @@ def bare_logging(cfg, tracker) -> tuple[float, dict]:
 
     from pipeline.data import make_identity_data
     from pipeline.engines import MemberResult
-    from pipeline.job import outcome_records, prepare_members
+    from pipeline.initializers import layer_shapes
+    from pipeline.job import prepare_members, trained_records
     from pipeline.schema import config_key
     from pipeline.tracking import flat_config
 
@@ -306,11 +307,11 @@ def bare_logging(cfg, tracker) -> tuple[float, dict]:
     seeds = list(cfg.seeds)
     data = make_identity_data(**cfg.data)
     keys = {seed: config_key(flat, seed) for seed in seeds}
-    members = prepare_members(cfg, flat, tracker, data, seeds, keys)
+    shapes = layer_shapes(1, list(cfg.model.hidden_sizes), 1)
+    members = prepare_members(cfg, flat, tracker, shapes, seeds, keys)
     losses = [0.25] * cfg.train.epochs
     results = [MemberResult(m.seed, m.weights, losses, losses) for m in members]
-    outcomes = outcome_records(cfg, members, results, data)
-    records = [m.record.merged(o) for m, o in zip(members, outcomes, strict=True)]
+    records = trained_records(cfg, members, results, data)
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=cfg.tracking.log_workers) as logger:
         list(logger.map(tracker.log_complete, records))

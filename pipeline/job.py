@@ -13,27 +13,29 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 
 import numpy as np
+from omegaconf import OmegaConf
 
-from pipeline import forward, interrupts, schema
+from pipeline import forward, interrupts, schema, writer_process
 from pipeline.config import seeds_of
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
 from pipeline.initializers import initial_weights_for_seeds, layer_shapes, stack
 from pipeline.numerics import numerics_tags
-from pipeline.probe import ProbeResult, probe
+from pipeline.probe import probe, probe_outputs
 from pipeline.slurm import current_slurm_job
 from pipeline.store import resolve_tracking_uri
 from pipeline.tracking import RunRecord, Tracker, choose_writer, flat_config, to_yaml
 
 log = logging.getLogger("deadunits")
-# Runs per bulk transaction: SQLite holds its write lock for the whole insert, and parallel
-# workers wait for it, so a chunk stays around a second of writing.
+# Runs per bulk transaction at most: SQLite holds its write lock for the whole insert, and
+# parallel workers wait for it, so a chunk stays around a second of writing.
 BULK_CHUNK = 1000
+# Trained chunks waiting for the writer process at most (each holds its members' weights).
+WRITER_BACKLOG = 4
 
 
 @dataclass
@@ -78,28 +80,30 @@ def run_job(cfg) -> dict[str, int]:
     if not todo:
         return summary.as_dict()
 
-    data = make_identity_data(**cfg.data)
-    members = prepare_members(cfg, flat, tracker, data, todo, keys)
-    if cfg.train.engine == "keras":
-        train_live(cfg, tracker, data, members, summary)
-        return summary.as_dict()
     writer = cfg.tracking.writer
-    if cfg.tracking.sweep_id is None:  # a sweep's jobs get the writer their sweeper chose
-        writer, why = choose_writer(tracker, writer)
+    if cfg.train.engine == "batched" and cfg.tracking.sweep_id is None:
+        writer, why = choose_writer(tracker, writer)  # a sweep's jobs get their sweeper's
         log.info(why)
-    train_batched(cfg, tracker, data, members, summary, bulk=writer == "bulk")
-    return summary.as_dict()
-
-
-def prepare_members(
-    cfg, flat, tracker: Tracker, data: Dataset, seeds: list[int], keys
-) -> list[Member]:
-    """Initial weights, the probe at init, and each run's record so far."""
+    if cfg.train.engine == "batched" and writer == "bulk":
+        writer_process.start()  # its imports overlap the probe and the first chunk
+    data = make_identity_data(**cfg.data)
     shapes = layer_shapes(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
     )
+    members = prepare_members(cfg, flat, tracker, shapes, todo, keys)
+    if cfg.train.engine == "keras":
+        train_live(cfg, tracker, data, members, summary)
+        return summary.as_dict()
+    try:
+        train_batched(cfg, tracker, data, members, summary, bulk=writer == "bulk")
+    finally:
+        writer_process.stop_in_pool_workers()
+    return summary.as_dict()
+
+
+def prepare_members(cfg, flat, tracker: Tracker, shapes, seeds: list[int], keys) -> list[Member]:
+    """Initial weights and each run's record as far as the config knows it."""
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)
-    at_init = probe_members(cfg, stack(weights), data)
     common_tags = {
         **tracker.base_tags(),
         **numerics_tags(),
@@ -110,33 +114,35 @@ def prepare_members(
     logged = {k: flat[k] for k in params[0]}
     configs = config_yaml_for_seeds(logged, seeds) if cfg.tracking.artifacts else None
     members = []
-    for index, (seed, init_metrics) in enumerate(zip(seeds, at_init.metrics("init"), strict=True)):
-        dead = init_metrics[schema.dead_units("init")] > 0
-        tags = {
-            **common_tags,
-            schema.TAG_CONFIG_KEY: keys[seed],
-            schema.TAG_DEAD_AT_INIT: str(dead).lower(),
-        }
+    for index, seed in enumerate(seeds):
+        tags = {**common_tags, schema.TAG_CONFIG_KEY: keys[seed]}
         record = RunRecord(schema.run_name(flat, seed), params[index], tags)
-        record.add_metrics({**init_metrics, schema.HIDDEN_UNITS: at_init.hidden_units})
         if configs is not None:
-            record.artifacts = {
-                "config.yaml": configs[index],
-                "initial_weights.json": weights_json(weights[index]),
-            }
+            record.artifacts["config.yaml"] = configs[index]
         members.append(Member(seed, keys[seed], weights[index], record))
     return members
 
 
-def probe_members(cfg, stacked: list, data: Dataset) -> ProbeResult:
-    """The probe of stacked members' weights on the training inputs, as configured."""
-    return probe(
-        stacked,
+def records_at_init(cfg, members: list[Member], data: Dataset) -> list[RunRecord]:
+    """Each member's record with the probe at init (one probe for all members)."""
+    at_init = probe(
+        stack([m.weights for m in members]),
         data.x_train,
         cfg.model.activation,
         cfg.model.output_activation,
         cfg.probe.saturation_tol,
     )
+    records = []
+    for member, init_metrics in zip(members, at_init.metrics("init"), strict=True):
+        dead = init_metrics[schema.dead_units("init")] > 0
+        record = member.record.merged(
+            RunRecord(member.record.name, {}, {schema.TAG_DEAD_AT_INIT: str(dead).lower()})
+        )
+        record.add_metrics({**init_metrics, schema.HIDDEN_UNITS: at_init.hidden_units})
+        if cfg.tracking.artifacts:
+            record.artifacts["initial_weights.json"] = weights_json(member.weights)
+        records.append(record)
+    return records
 
 
 def outcome_records(
@@ -159,9 +165,10 @@ def outcome_records(
         return records
     final = stack([results[i].final_weights for i in ended])
     act, out_act, loss = cfg.model.activation, cfg.model.output_activation, cfg.train.loss
-    at_end = probe_members(cfg, final, data).metrics("final")
+    on_train = forward.layer_outputs(final, data.x_train, act)  # probed and scored alike
+    at_end = probe_outputs(on_train, act, out_act, cfg.probe.saturation_tol).metrics("final")
     train_loss = forward.loss(
-        loss, forward.predict(final, data.x_train, act, out_act), data.y_train
+        loss, forward.ACTIVATIONS[out_act].forward(on_train[-1]), data.y_train
     )
     test_loss = forward.loss(loss, forward.predict(final, data.x_test, act, out_act), data.y_test)
     for row, i in enumerate(ended):
@@ -175,17 +182,36 @@ def outcome_records(
     return records
 
 
+def trained_records(
+    cfg, members: list[Member], results: list[MemberResult], data: Dataset
+) -> list[RunRecord]:
+    """The complete runs of trained members."""
+    outcomes = outcome_records(cfg, members, results, data)
+    at_init = records_at_init(cfg, members, data)
+    return [record.merged(outcome) for record, outcome in zip(at_init, outcomes, strict=True)]
+
+
+def untrained_records(
+    cfg, members: list[Member], data: Dataset, status: str, tags: dict[str, str]
+) -> list[RunRecord]:
+    """The complete runs of members their job ended before training (KILLED or FAILED)."""
+    return [
+        record.merged(RunRecord(record.name, {}, dict(tags), status=status))
+        for record in records_at_init(cfg, members, data)
+    ]
+
+
 def train_live(
     cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary
 ) -> None:
     """Keras engine: each run is RUNNING in the UI while it trains."""
     train = get_engine("keras")
-    for member in members:
-        outcome = RunRecord(member.record.name, {}, {}, status="FAILED")
+    for member, record in zip(members, records_at_init(cfg, members, data), strict=True):
+        outcome = RunRecord(record.name, {}, {}, status="FAILED")
         run_id = None
         try:
             with interrupts.held():  # a Ctrl-C while the run starts ends it KILLED
-                run_id = tracker.start(member.record)
+                run_id = tracker.start(record)
             (results,) = train(cfg.train, cfg.model, data, [member.seed], [member.weights])
             (outcome,) = outcome_records(cfg, [member], results, data)
         except KeyboardInterrupt:
@@ -197,35 +223,82 @@ def train_live(
                 raise KeyboardInterrupt from error
             if run_id is None:  # the store refused the run: nothing to log it FAILED in
                 raise
-            log.exception("run %s failed", member.record.name)
+            log.exception("run %s failed", record.name)
             outcome.tags[schema.TAG_ERROR] = _one_line(error)
         finally:
             if run_id is not None:
                 with interrupts.held():
                     tracker.log(run_id, outcome)
                     tracker.finish(run_id, outcome.status)
-            summary.counts[_outcome(member.record.tags | outcome.tags, outcome.status)] += 1
+            summary.counts[_outcome(record.tags | outcome.tags, outcome.status)] += 1
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where a job's runs go, in a form another process can take."""
+
+    uri: str
+    experiment: str
+    parent_run_id: str | None
+    sweep_id: str | None
+    experiment_id: str
+
+    @classmethod
+    def of(cls, tracker: Tracker, experiment: str) -> Destination:
+        return cls(
+            tracker.uri, experiment, tracker.parent_run_id, tracker.sweep_id, tracker.experiment_id
+        )
+
+    def tracker(self) -> Tracker:
+        return Tracker(self.uri, self.experiment, self.parent_run_id, self.sweep_id)
+
+
+def log_trained_bulk(cfg, data: Dataset, to: Destination, members, results) -> None:
+    """Probe, score and write a trained chunk (in the writer process)."""
+    log_bulk(to, trained_records(cfg, members, results, data))
+
+
+def log_untrained_bulk(cfg, data: Dataset, to: Destination, members, status, tags) -> None:
+    log_bulk(to, untrained_records(cfg, members, data, status, tags))
 
 
 def train_batched(
     cfg, tracker: Tracker, data: Dataset, members: list[Member], summary: JobSummary, bulk: bool
 ) -> None:
-    """Batched engine: train members together; finished runs are logged on background
-    threads while training goes on, a chunk of runs per transaction with the bulk writer."""
+    """Batched engine: train members together while finished runs are logged.
+
+    With the bulk writer, each trained chunk goes to the writer process, which probes,
+    scores and writes it in one transaction while the next chunk trains; with the client,
+    runs are built here and logged by `tracking.log_workers` threads.
+    """
     train = get_engine("batched")
     waiting = {m.seed: m for m in members}
-    log_runs = partial(log_bulk, tracker) if bulk else partial(log_one_by_one, tracker)
-    chunk = BULK_CHUNK if bulk else 1
-    buffer: list[RunRecord] = []
-    pending: list[Future] = []
+    pending: list = []  # futures and writer_process.Handed calls
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    to = Destination.of(tracker, cfg.tracking.experiment)
 
-    def submit(record: RunRecord | None) -> None:
-        if record is not None:
-            buffer.append(record)
-            summary.counts[_outcome(record.tags, record.status)] += 1
-        if buffer and (record is None or len(buffer) >= chunk):
-            pending.append(logger.submit(log_runs, buffer.copy()))
-            buffer.clear()
+    def wait_for_writer(at_most: int) -> None:
+        while len(pending) > at_most:  # bounds what waits in memory for the writer
+            pending.pop(0).result()
+
+    def log_trained(chunk: list[Member], results: list[MemberResult]) -> None:
+        if bulk:
+            wait_for_writer(WRITER_BACKLOG)
+            pending.append(
+                writer_process.submit(log_trained_bulk, resolved, data, to, chunk, results)
+            )
+        else:
+            for record in trained_records(cfg, chunk, results, data):
+                pending.append(logger.submit(tracker.log_complete, record))
+
+    def log_untrained(chunk: list[Member], status: str, tags: dict[str, str]) -> None:
+        if bulk:
+            pending.append(
+                writer_process.submit(log_untrained_bulk, resolved, data, to, chunk, status, tags)
+            )
+        else:
+            for record in untrained_records(cfg, chunk, data, status, tags):
+                pending.append(logger.submit(tracker.log_complete, record))
 
     workers = 1 if bulk else cfg.tracking.log_workers
     with ThreadPoolExecutor(max_workers=workers) as logger:
@@ -233,49 +306,48 @@ def train_batched(
             for results in train(
                 cfg.train, cfg.model, data, list(waiting), [m.weights for m in members]
             ):
-                trained = [waiting[result.seed] for result in results]
-                for member, outcome in zip(
-                    trained, outcome_records(cfg, trained, results, data), strict=True
-                ):
-                    del waiting[member.seed]
-                    submit(member.record.merged(outcome))
+                log_trained([waiting[result.seed] for result in results], results)
+                for result in results:  # handed over: no longer the job's to end
+                    del waiting[result.seed]
+                    diverged = result.diverged_epoch is not None
+                    status = "FAILED" if diverged else "FINISHED"
+                    summary.counts[schema.outcome(status, diverged)] += 1
         except BaseException as error:  # the members not trained yet end with the job
             interrupted = isinstance(error, KeyboardInterrupt) or interrupts.requested()
             if not interrupted:
                 log.exception("batched training failed")
-            for member in waiting.values():
+            if waiting:
                 tags = {} if interrupted else {schema.TAG_ERROR: _one_line(error)}
                 status = "KILLED" if interrupted else "FAILED"
-                submit(member.record.merged(RunRecord(member.record.name, {}, tags, status=status)))
+                summary.counts[schema.outcome(status, False)] += len(waiting)
+                log_untrained(list(waiting.values()), status, tags)
             if isinstance(error, KeyboardInterrupt | SystemExit):
                 raise
             if interrupted:  # a Ctrl-C TensorFlow turned into another error
                 raise KeyboardInterrupt from error
         finally:
-            submit(None)  # what is trained is logged, even on Ctrl-C
-            for future in pending:
+            for future in pending:  # what is trained is logged, even on Ctrl-C
                 future.result()
 
 
-def log_one_by_one(tracker: Tracker, records: list[RunRecord]) -> None:
-    for record in records:
-        tracker.log_complete(record)
-
-
-def log_bulk(tracker: Tracker, records: list[RunRecord]) -> None:
-    """One transaction for the chunk; a chunk the bulk writer refuses (one bad value fails it
-    whole) goes through the client, run by run, so only a bad run fails."""
+def log_bulk(to: Destination, records: list[RunRecord]) -> None:
+    """One transaction per BULK_CHUNK runs; a chunk the bulk writer refuses (one bad value
+    fails it whole) goes through the client, run by run, so only a bad run fails."""
     from pipeline.bulk import write_runs
 
-    try:
-        write_runs(tracker.uri, tracker.experiment_id, records)
-    except Exception as error:
-        log.warning(
-            "bulk write of %d runs failed (%s); logging them one by one",
-            len(records),
-            _one_line(error),
-        )
-        log_one_by_one(tracker, records)
+    for start in range(0, len(records), BULK_CHUNK):
+        chunk = records[start : start + BULK_CHUNK]
+        try:
+            write_runs(to.uri, to.experiment_id, chunk)
+        except Exception as error:
+            log.warning(
+                "bulk write of %d runs failed (%s); logging them one by one",
+                len(chunk),
+                _one_line(error),
+            )
+            tracker = to.tracker()
+            for record in chunk:
+                tracker.log_complete(record)
 
 
 def _outcome(tags: dict[str, str], status: str) -> str:

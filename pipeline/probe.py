@@ -68,8 +68,17 @@ def probe(
     saturation_tol: float,
 ) -> ProbeResult:
     """Probe stacked weights [(kernel (M, in, out), bias (M, out)), ...] on inputs x (n, in)."""
+    return probe_outputs(
+        layer_outputs(weights, x, activation), activation, output_activation, saturation_tol
+    )
+
+
+def probe_outputs(
+    outputs: list[np.ndarray], activation: str, output_activation: str, saturation_tol: float
+) -> ProbeResult:
+    """Probe the pre-activations `forward.layer_outputs` computed."""
     dead, saturated = [], []
-    *hidden, output = layer_outputs(weights, x, activation)
+    *hidden, output = outputs
     for z in hidden:
         dead.append(_dead(activation, z))
         saturated.append(_saturated(activation, z, saturation_tol))

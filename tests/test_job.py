@@ -3,10 +3,17 @@
 import numpy as np
 import pytest
 
-from pipeline import schema
+from pipeline import forward, schema
 from pipeline.data import make_identity_data
 from pipeline.engines import MemberResult
-from pipeline.job import Member, config_yaml_for_seeds, flat_to_nested, outcome_records, to_yaml
+from pipeline.job import (
+    Member,
+    config_yaml_for_seeds,
+    flat_to_nested,
+    to_yaml,
+    trained_records,
+    untrained_records,
+)
 from pipeline.tracking import RunRecord, flat_config
 from tests.test_config import compose_with
 
@@ -32,16 +39,44 @@ def test_outcomes_of_a_chunk_equal_each_member_alone(activation, hidden):
         results.append(MemberResult(seed, weights, [0.5, 0.25], [0.5, 0.3], diverged))
         members.append(Member(seed, f"key{seed}", weights, RunRecord(f"run{seed}", {}, {})))
 
-    together = outcome_records(cfg, members, results, data)
+    together = trained_records(cfg, members, results, data)
     for member, result, record in zip(members, results, together, strict=True):
-        (alone,) = outcome_records(cfg, [member], [result], data)
+        (alone,) = trained_records(cfg, [member], [result], data)
         assert alone.status == record.status and alone.tags == record.tags
         assert [(m.key, m.step, m.value) for m in alone.metrics] == [
             (m.key, m.step, m.value) for m in record.metrics
         ]
+        assert alone.artifacts == record.artifacts
     assert sum(r.status == "FAILED" for r in together) == 4
     finished = next(r for r in together if r.status == "FINISHED")
     assert {schema.FINAL_TRAIN_LOSS, schema.FINAL_TEST_LOSS} <= {m.key for m in finished.metrics}
+    # The final losses are the forward pass's, scored from the probe's own pass.
+    member = members[together.index(finished)]
+    act, out = cfg.model.activation, cfg.model.output_activation
+    stacked = [(k[None], b[None]) for k, b in member.weights]
+    expected = {
+        schema.FINAL_TRAIN_LOSS: forward.predict(stacked, data.x_train, act, out),
+        schema.FINAL_TEST_LOSS: forward.predict(stacked, data.x_test, act, out),
+    }
+    y = {schema.FINAL_TRAIN_LOSS: data.y_train, schema.FINAL_TEST_LOSS: data.y_test}
+    logged = {m.key: m.value for m in finished.metrics}
+    for key, prediction in expected.items():
+        assert logged[key] == float(forward.loss(cfg.train.loss, prediction, y[key])[0])
+
+
+def test_untrained_members_keep_their_probe_at_init():
+    cfg = compose_with("model.hidden_sizes=[3]")
+    data = make_identity_data(**cfg.data)
+    weights = [
+        (np.full((1, 3), -1.0, np.float32), np.zeros(3, np.float32)),
+        (np.ones((3, 1), np.float32), np.zeros(1, np.float32)),
+    ]
+    members = [Member(0, "key0", weights, RunRecord("run0", {"seed": "0"}, {"a": "b"}))]
+    (record,) = untrained_records(cfg, members, data, "KILLED", {})
+    assert record.status == "KILLED" and record.params == {"seed": "0"}
+    assert record.tags == {"a": "b", schema.TAG_DEAD_AT_INIT: "true"}
+    logged = {m.key: m.value for m in record.metrics}
+    assert logged[schema.dead_units("init")] == 3 and schema.FINAL_TRAIN_LOSS not in logged
 
 
 def test_config_artifact_of_each_seed_is_its_own_config():
