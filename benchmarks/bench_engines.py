@@ -14,8 +14,8 @@ process, against a fresh SQLite store in a temporary directory:
 
 Timing starts when the job starts (run_job), after the child has imported TensorFlow and
 created the store and experiment, as a sweep does before its jobs. Peak memory is the
-child's peak resident set size (resource.getrusage ru_maxrss): everything the process held,
-TensorFlow included. --server-workers N adds bare logging through an `mlflow server` with N
+child's peak resident set size plus its writer process's (resource.getrusage ru_maxrss):
+everything they held, TensorFlow included. --server-workers N adds bare logging through an `mlflow server` with N
 workers on a SQLite store, for comparison.
 
     .venv/bin/python benchmarks/bench_engines.py --training-only [--members 1000]
@@ -47,9 +47,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from resource import RUSAGE_CHILDREN, RUSAGE_SELF
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 TARGET_NAIVE_RATIO = 50.0
@@ -121,7 +123,7 @@ def header(started: datetime, log_workers: int) -> str:
         f"Python {platform.python_version()}, {versions}\n"
         "notebook network 1 -> 2 -> 1 (relu hidden, linear output), glorot_uniform, Adam 1e-3, "
         f"MAE, 10 epochs, batch 25, 1600 train samples; a fresh SQLite store per measurement; "
-        f"log_workers {log_workers}; peak memory = the measuring process's peak RSS (ru_maxrss)"
+        f"log_workers {log_workers}; peak memory = peak RSS of the measuring process plus its writer"
     )
 
 
@@ -155,7 +157,10 @@ def measure(kind: str, runs: int, log_workers: int, uri: str | None) -> dict:
             start = time.perf_counter()
             counts = run_job(cfg)
             seconds = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    from pipeline import writer_process
+
+    writer_process.stop()  # a writer process's peak counts once it has ended
+    peak_kib = sum(resource.getrusage(who).ru_maxrss for who in (RUSAGE_SELF, RUSAGE_CHILDREN))
     label = {"naive": "naive: keras fit per run", "batched": "batched end to end"}
     return {
         "kind": kind,
@@ -196,7 +201,8 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
 
 def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
     """A whole sweep of the notebook net through the CLI in a fresh store, start-up included:
-    wall seconds, the process's peak RSS, and the disk the store and its artifacts take.
+    wall seconds, the peak RSS of the process and its writer process together, and the disk
+    the store and its artifacts take.
     With keep, the store stays in keep/<runs>-<writer> (for timing a relaunch or a report)."""
     if keep is not None:
         kept = keep / f"{runs}-{writer}"
@@ -222,9 +228,15 @@ def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
         start = time.perf_counter()
         process = subprocess.Popen(
-            command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its writer process shares its process group
         )
-        _, status, usage = os.wait4(process.pid, 0)
+        with GroupMemory(process.pid) as memory:
+            _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         if status != 0:
             raise SystemExit(f"sweep failed:\n{process.stderr.read()[-3000:].decode()}")
@@ -237,10 +249,41 @@ def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
             "runs": runs,
             "seconds": seconds,
             "runs_per_s": runs / seconds,
-            "peak_mib": usage.ru_maxrss / 1024,
+            # The sweeping process and its writer together, or the sweeping process alone.
+            "peak_mib": max(memory.peak_bytes / 2**20, usage.ru_maxrss / 1024),
             "db_mib_per_10k": database / 2**20 * 10_000 / runs,
             "artifacts_mib_per_10k": artifacts / 2**20 * 10_000 / runs,
         }
+
+
+class GroupMemory:
+    """The peak of the summed resident memory of a process group, sampled every 0.1 s."""
+
+    def __init__(self, group: int):
+        self.group, self.peak_bytes = group, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._done.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._done.wait(0.1):
+            total = 0
+            for stat in Path("/proc").glob("[0-9]*/stat"):
+                try:
+                    fields = stat.read_text().rpartition(")")[2].split()
+                    if int(fields[2]) == self.group:  # field 5, the process group
+                        total += int((stat.parent / "statm").read_text().split()[1]) * page
+                except (OSError, IndexError, ValueError):
+                    continue  # the process ended meanwhile
+            self.peak_bytes = max(self.peak_bytes, total)
 
 
 def scale(sizes: list[int], writers: list[str], bare_runs: int, keep: Path | None) -> None:

@@ -55,12 +55,20 @@ SATURATING = tuple(name for name, a in ACTIVATIONS.items() if a.derivative is no
 
 
 def layer_outputs(weights, x: np.ndarray, activation: str) -> list[np.ndarray]:
-    """Pre-activations (members, n, units) of every layer, hidden layers first, output last."""
-    h = np.broadcast_to(x.astype(np.float32), (weights[0][0].shape[0], *x.shape))
+    """Pre-activations (members, n, units) of every layer, hidden layers first, output last.
+
+    Computed units-major, (members, units, n), and returned as transposed views: einsum then
+    adds a weight times a row of n inputs at a time, which is several times faster than
+    contracting over a short contiguous units axis. Each sum runs over the fan-in in order,
+    one multiply and one add a term (numpy's einsum is built for the baseline CPU, without
+    FMA), so the numbers do not depend on the CPU.
+    """
+    members = weights[0][0].shape[0]
+    h = np.broadcast_to(x.astype(np.float32).T, (members, *x.T.shape))  # (members, in, n)
     outputs = []
     for index, (kernel, bias) in enumerate(weights):
-        z = np.einsum("mni,mio->mno", h, kernel.astype(np.float32)) + bias[:, None, :]
-        outputs.append(z)
+        z = np.einsum("mio,min->mon", kernel.astype(np.float32), h) + bias[:, :, None]
+        outputs.append(z.transpose(0, 2, 1))
         if index < len(weights) - 1:
             h = ACTIVATIONS[activation].forward(z)
     return outputs

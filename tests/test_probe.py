@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from pipeline.forward import ACTIVATIONS
+from pipeline.forward import ACTIVATIONS, layer_outputs
 from pipeline.probe import probe
 
 NOTEBOOK_W1 = np.array([[-0.16988075, -1.1390355]], dtype=np.float32)
@@ -82,3 +82,26 @@ def test_members_are_probed_independently():
     result = probe(stacked, X, "relu", "relu", 1e-3)
     assert result.dead_units().tolist() == [0, 2]
     assert result.collapsed().tolist() == [False, True]
+
+
+@pytest.mark.parametrize("sizes", [[1, 2, 1], [1, 10, 10, 10, 1], [1, 33, 7, 1]])
+def test_every_pre_activation_sums_its_fan_in_in_order(sizes):
+    """One float32 multiply and one add a term, first input first: no CPU-dependent order."""
+    rng = np.random.default_rng(7)
+    members = 5
+    weights = [
+        (
+            rng.normal(size=(members, fan_in, fan_out)).astype(np.float32),
+            rng.normal(size=(members, fan_out)).astype(np.float32),
+        )
+        for fan_in, fan_out in zip(sizes, sizes[1:], strict=False)
+    ]
+    x = rng.uniform(-1, 1, size=(37, 1)).astype(np.float32)
+    outputs = layer_outputs(weights, x, "tanh")
+    h = np.broadcast_to(x, (members, *x.shape))
+    for (kernel, bias), z in zip(weights, outputs, strict=True):
+        expected = np.zeros(z.shape, np.float32)
+        for i in range(kernel.shape[1]):
+            expected = expected + h[:, :, i : i + 1] * kernel[:, None, i, :]
+        np.testing.assert_array_equal(z, expected + bias[:, None, :])
+        h = np.tanh(z)
