@@ -329,8 +329,9 @@ def loss_by_dead_count_table(frame: pd.DataFrame, keys: list[str]) -> pd.DataFra
     for label, values, runs in iter_groups(frame, keys):
         finished = finished_runs(runs)
         counts = floats(finished, schema.DEAD_UNITS_INIT)
+        losses = finished[[metric for _, metric in LOSSES if metric in finished]]  # narrow
         for count in np.unique(counts[~np.isnan(counts)]):
-            subset = finished[counts == count]
+            subset = losses[counts == count]
             rows.append({**_row(label, values), "dead_units": int(count), **_loss_columns(subset)})
     return pd.DataFrame(rows)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ log = logging.getLogger("deadunits")
 BULK_CHUNK = 1000
 # Trained chunks waiting for the writer process at most (each holds its members' weights).
 WRITER_BACKLOG = 4
+PROBE_THREADS = min(4, os.cpu_count() or 1)
 
 
 @dataclass
@@ -254,8 +256,16 @@ class Destination:
 
 
 def log_trained_bulk(cfg, data: Dataset, to: Destination, members, results) -> None:
-    """Probe, score and write a trained chunk (in the writer process)."""
-    log_bulk(to, trained_records(cfg, members, results, data))
+    """Probe, score and write a trained chunk (in the writer process). The probe is split
+    over threads: numpy's einsum lets go of the interpreter, so while training waits for
+    the writer, the writer uses every core."""
+    parts = min(PROBE_THREADS, len(members))
+    cuts = np.linspace(0, len(members), parts + 1).astype(int)
+    pieces = [slice(a, b) for a, b in zip(cuts, cuts[1:], strict=False)]
+    with ThreadPoolExecutor(parts) as pool:
+        done = pool.map(lambda s: trained_records(cfg, members[s], results[s], data), pieces)
+        records = [record for part in done for record in part]
+    log_bulk(to, records)
 
 
 def log_untrained_bulk(cfg, data: Dataset, to: Destination, members, status, tags) -> None:
