@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import writer_process
+from pipeline import job, schema, writer_process
+from pipeline.tracking import open_client
+from tests.test_config import compose_with
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +56,9 @@ def test_the_writer_ignores_ctrl_c(fresh_writer):
 
 ORPHANING_PARENT = """
 import os
-from pipeline import writer_process
+from pipeline import job, schema, writer_process
+from pipeline.tracking import open_client
+from tests.test_config import compose_with
 print(writer_process.submit(os.getpid).result(), flush=True)
 os._exit(0)  # as a killed parent or a joblib worker ended by joblib: no goodbye
 """
@@ -80,3 +84,48 @@ def _zombie(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
     except OSError:
         return True
+
+
+SMALL = ["train.engine=batched", "train.epochs=1", "data.n_samples=200", "train.batch_size=20"]
+
+
+def finished_runs(store: str, cfg) -> list:
+    client = open_client(store)
+    experiment = client.get_experiment_by_name(cfg.tracking.experiment)
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    return [r for r in runs if r.info.status == "FINISHED"]
+
+
+@pytest.mark.slow
+def test_a_large_job_writes_through_the_writer_process_and_a_small_one_on_a_thread(
+    store, fresh_writer
+):
+    small = compose_with(f"tracking.uri={store}", *SMALL, "seeds=0-19")
+    assert job.run_job(small)["finished"] == 20
+    assert writer_process._pool is None  # not worth a process
+    large = compose_with(
+        f"tracking.uri={store}", *SMALL, f"seeds=100-{99 + job.WRITER_PROCESS_MIN_RUNS}"
+    )
+    assert job.run_job(large)["finished"] == job.WRITER_PROCESS_MIN_RUNS
+    assert writer_process._pool is not None
+    runs = finished_runs(store, large)
+    assert len(runs) == 20 + job.WRITER_PROCESS_MIN_RUNS
+    assert all(schema.FINAL_TRAIN_LOSS in r.data.metrics for r in runs)
+    assert all(r.data.tags[schema.TAG_DEAD_AT_INIT] in ("true", "false") for r in runs)
+
+
+def writer_in_a_pool_worker() -> tuple[int, int, bool]:
+    """In a joblib worker: the writer's pid, the worker's, and whether it stopped after."""
+    writer = writer_process.submit(os.getpid).result()
+    writer_process.stop_in_pool_workers()
+    return writer, os.getpid(), writer_process._pool is None
+
+
+def test_a_joblib_worker_starts_its_writer_and_stops_it_after_each_job():
+    from joblib import Parallel, delayed
+
+    ((writer, worker, stopped),) = Parallel(n_jobs=2, backend="loky")(
+        delayed(writer_in_a_pool_worker)() for _ in range(1)
+    )
+    assert writer not in (worker, os.getpid()) and stopped
+    assert not Path(f"/proc/{writer}").exists() or _zombie(writer)
