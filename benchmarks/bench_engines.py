@@ -204,6 +204,8 @@ def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
     wall seconds, the peak RSS of the process and its writer process together, and the disk
     the store and its artifacts take.
     With keep, the store stays in keep/<runs>-<writer> (for timing a relaunch or a report)."""
+    import pipeline.tracking  # noqa: F401  (GroupMemory's /proc reader, loaded before the clock)
+
     if keep is not None:
         kept = keep / f"{runs}-{writer}"
         kept.mkdir(parents=True, exist_ok=False)
@@ -273,15 +275,18 @@ class GroupMemory:
         self._thread.join()
 
     def _sample(self) -> None:
+        from pipeline.tracking import proc_stat
+
         page = os.sysconf("SC_PAGE_SIZE")
         while not self._done.wait(0.1):
             total = 0
-            for stat in Path("/proc").glob("[0-9]*/stat"):
+            for entry in Path("/proc").glob("[0-9]*"):
+                fields = proc_stat(int(entry.name))
+                if fields is None or int(fields[2]) != self.group:  # field 5, the group
+                    continue
                 try:
-                    fields = stat.read_text().rpartition(")")[2].split()
-                    if int(fields[2]) == self.group:  # field 5, the process group
-                        total += int((stat.parent / "statm").read_text().split()[1]) * page
-                except (OSError, IndexError, ValueError):
+                    total += int((entry / "statm").read_text().split()[1]) * page
+                except OSError:
                     continue  # the process ended meanwhile
             self.peak_bytes = max(self.peak_bytes, total)
 

@@ -85,23 +85,24 @@ def run_job(cfg) -> dict[str, int]:
     if not todo:
         return summary.as_dict()
 
+    batched = cfg.train.engine == "batched"
     writer = cfg.tracking.writer
-    if cfg.train.engine == "batched" and cfg.tracking.sweep_id is None:
-        writer, why = choose_writer(tracker, writer)  # a sweep's jobs get their sweeper's
+    if batched and cfg.tracking.sweep_id is None:  # a sweep's jobs get their sweeper's
+        writer, why = choose_writer(tracker, writer)
         log.info(why)
-    in_process = writer == "bulk" and len(todo) >= WRITER_PROCESS_MIN_RUNS
-    if cfg.train.engine == "batched" and in_process:
+    in_process = batched and writer == "bulk" and len(todo) >= WRITER_PROCESS_MIN_RUNS
+    if in_process:
         writer_process.start()  # its imports overlap the probe and the first chunk
     data = make_identity_data(**cfg.data)
     shapes = layer_shapes(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
     )
     members = prepare_members(cfg, flat, tracker, shapes, todo, keys)
-    if cfg.train.engine == "keras":
+    if not batched:
         train_live(cfg, tracker, data, members, summary)
         return summary.as_dict()
     try:
-        train_batched(cfg, tracker, data, members, summary, writer, in_process)
+        train_batched(cfg, tracker, data, members, summary, writer == "bulk", in_process)
     finally:
         writer_process.stop_in_pool_workers()
     return summary.as_dict()
@@ -282,7 +283,7 @@ def train_batched(
     data: Dataset,
     members: list[Member],
     summary: JobSummary,
-    writer: str,
+    bulk: bool,
     in_process: bool = False,
 ) -> None:
     """Batched engine: train members together while finished runs are logged.
@@ -292,31 +293,32 @@ def train_batched(
     thread; with the client, runs are built here and logged by `tracking.log_workers`
     threads.
     """
-    bulk = writer == "bulk"
     train = get_engine("batched")
     waiting = {m.seed: m for m in members}
     pending: list = []  # futures and writer_process.Handed calls
-    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    # What the bulk writer's calls take: plain values, which another process can unpickle.
+    resolved = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if bulk else None
     to = Destination.of(tracker, cfg.tracking.experiment)
 
     def wait_for_writer(at_most: int) -> None:
         while len(pending) > at_most:  # bounds what waits in memory for the writer
             pending.pop(0).result()
 
+    def log_with_client(records: list[RunRecord]) -> None:
+        pending.extend(logger.submit(tracker.log_complete, record) for record in records)
+
     def log_trained(chunk: list[Member], results: list[MemberResult]) -> None:
         if bulk:
             wait_for_writer(WRITER_BACKLOG)
             pending.append(hand(log_trained_bulk, resolved, data, to, chunk, results))
         else:
-            for record in trained_records(cfg, chunk, results, data):
-                pending.append(logger.submit(tracker.log_complete, record))
+            log_with_client(trained_records(cfg, chunk, results, data))
 
     def log_untrained(chunk: list[Member], status: str, tags: dict[str, str]) -> None:
         if bulk:
             pending.append(hand(log_untrained_bulk, resolved, data, to, chunk, status, tags))
         else:
-            for record in untrained_records(cfg, chunk, data, status, tags):
-                pending.append(logger.submit(tracker.log_complete, record))
+            log_with_client(untrained_records(cfg, chunk, data, status, tags))
 
     workers = 1 if bulk else cfg.tracking.log_workers
     with ThreadPoolExecutor(max_workers=workers) as logger:

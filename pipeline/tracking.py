@@ -68,13 +68,20 @@ def process_tags() -> dict[str, str]:
     return tags
 
 
-def process_start(pid: int) -> str | None:
-    """A process's start time in clock ticks since boot (Linux /proc), None elsewhere."""
+def proc_stat(pid: int) -> list[str] | None:
+    """Fields 3 on of /proc/<pid>/stat (state, ppid, pgrp, ...); None without it (ended, or
+    not Linux). The name in field 2 may hold spaces, so fields are counted after its ")"."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    return stat.rpartition(")")[2].split()[19]  # field 22; the name before ")" may hold spaces
+    return stat.rpartition(")")[2].split()
+
+
+def process_start(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (Linux /proc), None elsewhere."""
+    fields = proc_stat(pid)
+    return None if fields is None else fields[19]  # field 22
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import job, schema, writer_process
-from pipeline.tracking import open_client
+from pipeline.tracking import open_client, proc_stat
 from tests.test_config import compose_with
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -80,10 +80,8 @@ def test_the_writer_ends_when_its_parent_is_gone():
 
 
 def _zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] == "Z"
-    except OSError:
-        return True
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == "Z"
 
 
 SMALL = ["train.engine=batched", "train.epochs=1", "data.n_samples=200", "train.batch_size=20"]
