@@ -19,10 +19,8 @@ Not mirrored: metrics of an active MLflow logged model (the pipeline never sets 
 from __future__ import annotations
 
 import math
-import numbers
 import random
 import time
-import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,6 +31,7 @@ from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
+import uuid6
 from mlflow.entities import LifecycleStage, RunStatus, SourceType
 from mlflow.store.db.utils import create_sqlalchemy_engine
 from mlflow.store.tracking.dbmodels.models import (
@@ -174,21 +173,43 @@ def bulk_support(uri: str, experiment_id: str | None = None) -> str | None:
 # --- writing --------------------------------------------------------------------------------
 
 
+# Columns each table's rows are built with, in this order (tuples: a dict a row cost more
+# than SQLite's insert).
+RUN_COLUMNS = (
+    "run_uuid",
+    "name",
+    "source_type",
+    "source_name",
+    "entry_point_name",
+    "user_id",
+    "status",
+    "start_time",
+    "end_time",
+    "deleted_time",
+    "source_version",
+    "lifecycle_stage",
+    "artifact_uri",
+    "experiment_id",
+)
+KEY_VALUE_COLUMNS = ("key", "value", "run_uuid")  # tags and params
+METRIC_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # and latest
+
+
 @dataclass
 class _Rows:
-    runs: list[dict] = field(default_factory=list)
-    tags: list[dict] = field(default_factory=list)
-    params: list[dict] = field(default_factory=list)
-    metrics: list[dict] = field(default_factory=list)
-    latest: list[dict] = field(default_factory=list)
+    runs: list[tuple] = field(default_factory=list)
+    tags: list[tuple] = field(default_factory=list)
+    params: list[tuple] = field(default_factory=list)
+    metrics: list[tuple] = field(default_factory=list)
+    latest: list[tuple] = field(default_factory=list)
 
-    def tables(self) -> Iterator[tuple[sa.Table, list[dict]]]:
+    def tables(self) -> Iterator[tuple[sa.Table, tuple[str, ...], list[tuple]]]:
         """Parents before children (SQLite enforces the foreign keys)."""
-        yield SqlRun.__table__, self.runs
-        yield SqlTag.__table__, self.tags
-        yield SqlParam.__table__, self.params
-        yield SqlMetric.__table__, self.metrics
-        yield SqlLatestMetric.__table__, self.latest
+        yield SqlRun.__table__, RUN_COLUMNS, self.runs
+        yield SqlTag.__table__, KEY_VALUE_COLUMNS, self.tags
+        yield SqlParam.__table__, KEY_VALUE_COLUMNS, self.params
+        yield SqlMetric.__table__, METRIC_COLUMNS, self.metrics
+        yield SqlLatestMetric.__table__, METRIC_COLUMNS, self.latest
 
 
 def _sanitized(value: float) -> tuple[float, bool]:
@@ -211,15 +232,13 @@ class _Validator:
         self.metric_keys: set[str] = set()
         self.param_keys: set[str] = set()
 
-    def metric(self, metric, index: int) -> None:
-        key, value, timestamp, step = metric.key, metric.value, metric.timestamp, metric.step
+    def metric(self, key: str, value, timestamp, step, index: int) -> None:
         if (
             key not in self.metric_keys
-            or isinstance(value, bool)
-            or not isinstance(value, numbers.Number)
-            or not isinstance(timestamp, numbers.Number)
+            or type(value) not in (float, int)
+            or type(timestamp) is not int
             or timestamp < 0
-            or not isinstance(step, numbers.Number)
+            or type(step) is not int
         ):
             _validate_metric(key, value, timestamp, step, f"metrics[{index}]")
             self.metric_keys.add(key)
@@ -232,37 +251,26 @@ class _Validator:
         return param.key, param.value
 
 
-def _metric_rows(run_id: str, metrics, validator: _Validator) -> tuple[list[dict], list[dict]]:
-    """Every distinct metric point, and the latest point per key.
+def _metric_rows(run_id: str, metrics, validator: _Validator) -> tuple[list[tuple], list[tuple]]:
+    """Every distinct metric point, and the latest point per key, as METRIC_COLUMNS tuples.
 
     Like the store: a point repeated exactly (key, timestamp, step, value) is kept once, and a
     key's latest point is the greatest (step, timestamp, value), the first one on a tie.
     """
-    points: dict[tuple, dict] = {}
-    latest: dict[str, dict] = {}
+    points: dict[tuple, None] = {}
+    latest: dict[str, tuple] = {}
     for index, metric in enumerate(metrics):
-        validator.metric(metric, index)
-        value, is_nan = _sanitized(float(metric.value))
-        identity = (metric.key, metric.timestamp, metric.step, value, is_nan)
-        if identity in points:
+        key, value, timestamp, step = metric.key, metric.value, metric.timestamp, metric.step
+        validator.metric(key, value, timestamp, step, index)
+        value, is_nan = _sanitized(float(value))
+        row = (key, value, timestamp, step, is_nan, run_id)
+        if row in points:
             continue
-        row = {
-            "key": metric.key,
-            "value": value,
-            "timestamp": metric.timestamp,
-            "step": metric.step,
-            "is_nan": is_nan,
-            "run_uuid": run_id,
-        }
-        points[identity] = row
-        best = latest.get(metric.key)
-        if best is None or (row["step"], row["timestamp"], value) > (
-            best["step"],
-            best["timestamp"],
-            best["value"],
-        ):
-            latest[metric.key] = row
-    return list(points.values()), [dict(row) for row in latest.values()]
+        points[row] = None
+        best = latest.get(key)
+        if best is None or (step, timestamp, value) > (best[3], best[2], best[1]):
+            latest[key] = row
+    return list(points), list(latest.values())
 
 
 def _artifact_uri_maker(artifact_location: str):
@@ -283,32 +291,34 @@ def _rows(records: list[RunRecord], experiment_id: str, artifact_location: str) 
     artifact_uri_of = _artifact_uri_maker(artifact_location)
     for record in records:
         status = RunStatus.to_string(RunStatus.from_string(record.status))  # rejects bad ones
-        run_id = uuid.uuid4().hex
+        # Time-ordered ids (UUIDv7; the client's are random UUIDv4): each chunk's rows land
+        # at the end of the run_uuid indexes. With random ids a 500-run chunk took twice as
+        # long by 15,000 runs in the store; with these it stays flat.
+        run_id = uuid6.uuid7().hex
         artifact_uri = artifact_uri_of(run_id)
         # What Tracker.start hands create_run: the record's tags plus the run name tag.
         tags = {**record.tags, MLFLOW_RUN_NAME: record.name}
         rows.runs.append(
-            {
-                "run_uuid": run_id,
-                "name": record.name,
-                "source_type": SOURCE_TYPE,
-                "source_name": "",
-                "entry_point_name": "",
-                "user_id": tags.get(MLFLOW_USER, "unknown"),
-                "status": status,
-                "start_time": min(record.started_ms, now),
-                "end_time": now,
-                "deleted_time": None,
-                "source_version": "",
-                "lifecycle_stage": LifecycleStage.ACTIVE,
-                "artifact_uri": artifact_uri,
-                "experiment_id": int(experiment_id),
-            }
+            (  # RUN_COLUMNS
+                run_id,
+                record.name,
+                SOURCE_TYPE,
+                "",
+                "",
+                tags.get(MLFLOW_USER, "unknown"),
+                status,
+                min(record.started_ms, now),
+                now,
+                None,
+                "",
+                LifecycleStage.ACTIVE,
+                artifact_uri,
+                int(experiment_id),
+            )
         )
-        rows.tags += [{"key": k, "value": v, "run_uuid": run_id} for k, v in tags.items()]
+        rows.tags += [(k, v, run_id) for k, v in tags.items()]
         for index, (key, value) in enumerate(record.params.items()):
-            key, value = validator.param(key, value, index)
-            rows.params.append({"key": key, "value": value, "run_uuid": run_id})
+            rows.params.append((*validator.param(key, value, index), run_id))
         points, latest = _metric_rows(run_id, record.metrics, validator)
         rows.metrics += points
         rows.latest += latest
@@ -316,31 +326,42 @@ def _rows(records: list[RunRecord], experiment_id: str, artifact_location: str) 
     return rows, placed
 
 
-def _write_file(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+def _write_run_files(directory: Path, files: dict[str, str]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (directory / name).write_text(text, encoding="utf-8")
 
 
-def _write_artifacts(records: list[RunRecord], placed: list[tuple[str, str]]) -> None:
-    """Every record's artifact files, as Tracker.log writes them for a file:// store.
-
-    Threads: the time is spent in mkdir/open/write system calls, which release the GIL
-    (two small files a run: 1.2 ms -> 0.6 ms a run, measured with 4 threads).
-    """
-    jobs = [
-        (local_artifact_dir(artifact_uri) / name, text)
+def _start_artifacts(pool, records: list[RunRecord], placed: list[tuple[str, str]]) -> list:
+    """Every record's artifact files, as Tracker.log writes them for a file:// store, written
+    on the pool's threads (mkdir/open/write let go of the interpreter); their futures."""
+    return [
+        pool.submit(_write_run_files, local_artifact_dir(artifact_uri), record.artifacts)
         for record, (_, artifact_uri) in zip(records, placed, strict=True)
-        for name, text in record.artifacts.items()
+        if record.artifacts
     ]
-    with ThreadPoolExecutor(FILE_THREADS) as pool:
-        for _ in pool.map(lambda job: _write_file(*job), jobs):
-            pass
+
+
+@cache
+def _insert_statement(table: sa.Table, columns: tuple[str, ...], dialect) -> str:
+    """INSERT of these columns, compiled from MLflow's table model for a positional driver."""
+    compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(columns))
+    assert compiled.positiontup == list(columns), compiled.positiontup
+    return compiled.string
 
 
 def _insert_all(conn, rows: _Rows) -> None:
-    for table, table_rows in rows.tables():
-        if table_rows:
-            conn.execute(sa.insert(table), table_rows)
+    for table, columns, table_rows in rows.tables():
+        if not table_rows:
+            continue
+        if conn.dialect.name == "sqlite":
+            # The statement SQLAlchemy compiles, given the driver's tuples as they are: its
+            # per-row parameter handling cost as much as SQLite's insert itself.
+            conn.exec_driver_sql(_insert_statement(table, columns, conn.dialect), table_rows)
+        else:  # psycopg2: SQLAlchemy batches the rows into multi-row VALUES
+            conn.execute(
+                sa.insert(table), [dict(zip(columns, row, strict=True)) for row in table_rows]
+            )
 
 
 def _locked(error: Exception) -> bool:
@@ -368,19 +389,22 @@ def write_runs(uri: str, experiment_id: str, records: list[RunRecord]) -> list[s
     if problem:
         raise BulkUnsupported(problem)
     rows, placed = _rows(records, experiment_id, row.artifact_location)
-    _write_artifacts(records, placed)
-    for attempt in range(LOCK_ATTEMPTS):
-        try:
-            _commit(engine, experiment_id, row.artifact_location, rows)
-            break
-        except sa.exc.OperationalError as error:
-            if not _locked(error) or attempt == LOCK_ATTEMPTS - 1:
-                raise
-            time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
+    with ThreadPoolExecutor(FILE_THREADS) as pool:
+        files = _start_artifacts(pool, records, placed)
+        for attempt in range(LOCK_ATTEMPTS):
+            try:
+                _commit(engine, experiment_id, row.artifact_location, rows, files)
+                break
+            except sa.exc.OperationalError as error:
+                if not _locked(error) or attempt == LOCK_ATTEMPTS - 1:
+                    raise
+                time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
     return [run_id for run_id, _ in placed]
 
 
-def _commit(engine, experiment_id: str, artifact_location: str, rows: _Rows) -> None:
+def _commit(engine, experiment_id: str, artifact_location: str, rows: _Rows, files) -> None:
+    """Insert the rows, check the store is still one to write, and commit once every
+    artifact file (futures) is written."""
     with _connect(engine) as conn:
         # Inserts first: on SQLite the first write takes the lock (waiting up to the busy
         # timeout); the checks below then see a store no other writer can change.
@@ -394,6 +418,8 @@ def _commit(engine, experiment_id: str, artifact_location: str, rows: _Rows) -> 
         if problem:
             conn.rollback()
             raise BulkUnsupported(problem)
+        for written in files:
+            written.result()  # a file that failed fails the chunk: rolled back, no commit
         conn.commit()
 
 

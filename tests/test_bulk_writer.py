@@ -16,6 +16,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import uuid6
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
@@ -214,6 +215,18 @@ def test_write_runs_into_a_store_the_client_path_also_writes(store):
     assert {s.run_id for runs in found.values() for s in runs} == set(client_ids + bulk_ids)
 
 
+def test_run_ids_are_uuids_in_writing_order(store):
+    """Time-ordered ids keep each chunk's rows at the end of the store's run_uuid indexes."""
+    experiment_id = Tracker(store, "exp").experiment_id
+    ids = [
+        run_id
+        for n in range(3)
+        for run_id in bulk.write_runs(store, experiment_id, make_records(f"{n}", 4))
+    ]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(uuid.UUID(hex=run_id).hex == run_id for run_id in ids)
+
+
 def summaries_from_search(uri: str, experiment_id: str) -> dict[str, list[tuple]]:
     expected: dict[str, list[tuple]] = {}
     for run in MlflowClient(uri).search_runs([experiment_id], max_results=1000):
@@ -327,6 +340,14 @@ def test_read_experiment_metric_histories(store):
         assert any(value == "nan" for *_, value in mine)
 
 
+def repeat_the_first_run_id_as_the_fourth(monkeypatch) -> None:
+    """The bulk writer's next run ids: the fourth repeats the first (a unique constraint)."""
+    real_uuid7 = uuid6.uuid7
+    fresh = [real_uuid7() for _ in range(3)]
+    sequence = iter([*fresh, fresh[0]])
+    monkeypatch.setattr(uuid6, "uuid7", lambda: next(sequence, None) or real_uuid7())
+
+
 def test_a_chunk_that_fails_midway_writes_nothing(store, monkeypatch):
     uri = store
     experiment_id = Tracker(uri, "exp").experiment_id
@@ -346,10 +367,7 @@ def test_a_chunk_that_fails_midway_writes_nothing(store, monkeypatch):
     monkeypatch.undo()
 
     # A constraint violated by the fourth run's insert: two runs with one id.
-    real_uuid4 = uuid.uuid4
-    fresh = [real_uuid4() for _ in range(3)]
-    sequence = iter([*fresh, fresh[0]])
-    monkeypatch.setattr(uuid, "uuid4", lambda: next(sequence, None) or real_uuid4())
+    repeat_the_first_run_id_as_the_fourth(monkeypatch)
     with pytest.raises(Exception, match="(?i)unique|constraint"):
         bulk.write_runs(uri, experiment_id, make_records("c", 5))
     monkeypatch.undo()

@@ -9,7 +9,13 @@ from mlflow import MlflowClient
 
 from pipeline import bulk
 from pipeline.tracking import Tracker
-from tests.test_bulk_writer import as_tuples, assert_same_runs, make_records, summaries_from_search
+from tests.test_bulk_writer import (
+    as_tuples,
+    assert_same_runs,
+    make_records,
+    repeat_the_first_run_id_as_the_fourth,
+    summaries_from_search,
+)
 
 pytestmark = pytest.mark.services
 
@@ -34,10 +40,7 @@ def test_bulk_writer_matches_the_client_path_on_postgresql(postgres_url, tmp_pat
     )
 
     # A chunk violating a constraint midway (two runs with one id) leaves nothing behind.
-    real_uuid4 = uuid.uuid4
-    fresh = [real_uuid4() for _ in range(3)]
-    sequence = iter([*fresh, fresh[0]])
-    monkeypatch.setattr(uuid, "uuid4", lambda: next(sequence, None) or real_uuid4())
+    repeat_the_first_run_id_as_the_fourth(monkeypatch)
     with pytest.raises(Exception, match="(?i)unique|duplicate"):
         bulk.write_runs(postgres_url, experiments["bulk"], make_records("x", 5))
     monkeypatch.undo()
