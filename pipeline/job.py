@@ -37,9 +37,6 @@ log = logging.getLogger("deadunits")
 BULK_CHUNK = 1000
 # Trained chunks waiting for the writer process at most (each holds its members' weights).
 WRITER_BACKLOG = 4
-# Smaller jobs write on a thread: the process's start and hand-overs cost more than it saves
-# (quick_study, 12 jobs of 20 runs: sweep 11.6-13.2 s on a thread, 16.5 s with the process).
-WRITER_PROCESS_MIN_RUNS = 500
 PROBE_THREADS = min(4, os.cpu_count() or 1)
 
 
@@ -90,9 +87,9 @@ def run_job(cfg) -> dict[str, int]:
     if batched and cfg.tracking.sweep_id is None:  # a sweep's jobs get their sweeper's
         writer, why = choose_writer(tracker, writer)
         log.info(why)
-    in_process = batched and writer == "bulk" and len(todo) >= WRITER_PROCESS_MIN_RUNS
+    in_process = batched and writer == "bulk" and len(todo) >= writer_process.MIN_RUNS
     if in_process:
-        writer_process.start()  # its imports overlap the probe and the first chunk
+        writer_process.start()  # its imports overlap TensorFlow's (a sweep started it sooner)
     data = make_identity_data(**cfg.data)
     shapes = layer_shapes(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
-from pipeline import interrupts, schema
+from pipeline import interrupts, schema, writer_process
 from pipeline.config import parse_seed_ranges, seed_ranges
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
 from pipeline.store import StoreUnavailable, first_line
@@ -157,6 +157,12 @@ class GroupingSweeper(Sweeper):
                 fail(str(error))
             print(why, file=sys.stderr)
         job_list = [job for cell in cells for job in job_overrides(cell, sweep)]
+        if (
+            sweep.writer == "bulk"
+            and runs_jobs_here(self.config)
+            and max(map(runs_in, job_list)) >= writer_process.MIN_RUNS
+        ):
+            writer_process.start()  # its imports overlap TensorFlow's in the first job
         counts: Counter = Counter(skipped=skipped)
         started = time.time()
         status = "FAILED"
@@ -338,11 +344,16 @@ def project_launcher(launcher, **setup):
     return replacement
 
 
+def runs_jobs_here(config: DictConfig) -> bool:
+    """Hydra's basic launcher runs the jobs in this process, one after another."""
+    return "BasicLauncher" in str(config.hydra.launcher.get("_target_"))
+
+
 def default_jobs_per_launch(config: DictConfig) -> int:
     launcher = config.hydra.launcher
     n_jobs = launcher.get("n_jobs")
     if n_jobs is None:
-        return 1 if "BasicLauncher" in str(launcher.get("_target_")) else 10**9
+        return 1 if runs_jobs_here(config) else 10**9
     return 4 * (n_jobs if n_jobs > 0 else os.cpu_count() or 1)
 
 

@@ -102,12 +102,12 @@ def test_a_large_job_writes_through_the_writer_process_and_a_small_one_on_a_thre
     assert job.run_job(small)["finished"] == 20
     assert writer_process._pool is None  # not worth a process
     large = compose_with(
-        f"tracking.uri={store}", *SMALL, f"seeds=100-{99 + job.WRITER_PROCESS_MIN_RUNS}"
+        f"tracking.uri={store}", *SMALL, f"seeds=100-{99 + writer_process.MIN_RUNS}"
     )
-    assert job.run_job(large)["finished"] == job.WRITER_PROCESS_MIN_RUNS
+    assert job.run_job(large)["finished"] == writer_process.MIN_RUNS
     assert writer_process._pool is not None
     runs = finished_runs(store, large)
-    assert len(runs) == 20 + job.WRITER_PROCESS_MIN_RUNS
+    assert len(runs) == 20 + writer_process.MIN_RUNS
     assert all(schema.FINAL_TRAIN_LOSS in r.data.metrics for r in runs)
     assert all(r.data.tags[schema.TAG_DEAD_AT_INIT] in ("true", "false") for r in runs)
 
@@ -127,3 +127,10 @@ def test_a_joblib_worker_starts_its_writer_and_stops_it_after_each_job():
     )
     assert writer not in (worker, os.getpid()) and stopped
     assert not Path(f"/proc/{writer}").exists() or _zombie(writer)
+
+
+@pytest.mark.parametrize(("launcher", "here"), [("basic", True), ("joblib", False)])
+def test_a_sweep_starts_the_writer_early_only_for_jobs_run_in_its_own_process(launcher, here):
+    from pipeline.sweep import runs_jobs_here
+
+    assert runs_jobs_here(compose_with(f"hydra/launcher={launcher}", hydra=True)) is here
