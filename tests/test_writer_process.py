@@ -56,9 +56,7 @@ def test_the_writer_ignores_ctrl_c(fresh_writer):
 
 ORPHANING_PARENT = """
 import os
-from pipeline import job, schema, writer_process
-from pipeline.tracking import open_client
-from tests.test_config import compose_with
+from pipeline import writer_process
 print(writer_process.submit(os.getpid).result(), flush=True)
 os._exit(0)  # as a killed parent or a joblib worker ended by joblib: no goodbye
 """
