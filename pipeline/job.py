@@ -59,7 +59,20 @@ class JobSummary:
 
 
 def run_job(cfg) -> dict[str, int]:
-    """Everything a job does, in order; counts of its runs by outcome."""
+    """Everything a job does, in order; counts of its runs by outcome.
+
+    On Ctrl-C the counts so far ride on the KeyboardInterrupt (`.counts`), so the
+    sweep's summary still counts the runs this job ended."""
+    summary = JobSummary()
+    try:
+        _run_job(cfg, summary)
+    except KeyboardInterrupt as interrupt:
+        interrupt.counts = summary.as_dict()
+        raise
+    return summary.as_dict()
+
+
+def _run_job(cfg, summary: JobSummary) -> None:
     interrupts.remember_interrupts(sigterm=current_slurm_job() is not None)
     interrupts.check()  # a Ctrl-C an earlier job in this process swallowed ends the sweep
     flat = flat_config(cfg)
@@ -71,7 +84,6 @@ def run_job(cfg) -> dict[str, int]:
     )
     if tracker.parent_run_id is None:
         tracker.parent_run_id = tracker.outer_run_id()
-    summary = JobSummary()
     seeds = seeds_of(cfg)
     keys = dict(zip(seeds, schema.config_keys(flat, seeds), strict=True))
     todo = list(keys)
@@ -80,7 +92,7 @@ def run_job(cfg) -> dict[str, int]:
         todo = [seed for seed, key in keys.items() if key not in done]
         summary.counts["skipped"] += len(keys) - len(todo)
     if not todo:
-        return summary.as_dict()
+        return
 
     batched = cfg.train.engine == "batched"
     writer = cfg.tracking.writer
@@ -97,12 +109,11 @@ def run_job(cfg) -> dict[str, int]:
     members = prepare_members(cfg, flat, tracker, shapes, todo, keys)
     if not batched:
         train_live(cfg, tracker, data, members, summary)
-        return summary.as_dict()
+        return
     try:
         train_batched(cfg, tracker, data, members, summary, writer == "bulk", in_process)
     finally:
         writer_process.stop_in_pool_workers()
-    return summary.as_dict()
 
 
 def prepare_members(cfg, flat, tracker: Tracker, shapes, seeds: list[int], keys) -> list[Member]:

@@ -53,7 +53,6 @@ class SweepStopped(Exception):
     def __init__(self, message: str, returns: dict[int, Any]):
         super().__init__(message)
         self.returns = returns
-        self.counts: Counter = Counter()  # the sweep's counts so far (set by _launch)
 
 
 @dataclass
@@ -169,7 +168,7 @@ class GroupingSweeper(Sweeper):
         ending = None  # (last line, exit code) of a sweep that ends early
         interrupts.remember_interrupts()
         try:
-            counts.update(self._launch(job_list, total, tracker, sweep.sweep_id))
+            self._launch(job_list, total, counts, tracker, sweep.sweep_id)
             status = "FINISHED" if counts["crashed_jobs"] == 0 else "FAILED"
         except KeyboardInterrupt as interrupt:
             status = "KILLED"
@@ -180,7 +179,6 @@ class GroupingSweeper(Sweeper):
                 130,
             )
         except SweepStopped as stop:
-            counts.update(stop.counts)
             ending = (f"sweep stopped: {stop}; re-run the same command to resume", 1)
         finally:
             totals = sweep_totals(tracker, set(keys.values()))
@@ -195,10 +193,12 @@ class GroupingSweeper(Sweeper):
         self,
         jobs: list[list[str]],
         total_runs: int,
+        counts: Counter,
         tracker: Tracker | None = None,
         sweep_id: str | None = None,
-    ) -> Counter:
-        counts: Counter = Counter()
+    ) -> None:
+        """Launch the jobs, adding their runs' outcomes to counts as they return (also
+        those of a job that a Ctrl-C ended, which carries its counts on the interrupt)."""
         # The progress bar replaces Hydra's two log lines per job.
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").setLevel(logging.WARNING)
         per_launch = self.jobs_per_launch or default_jobs_per_launch(self.config)
@@ -218,12 +218,13 @@ class GroupingSweeper(Sweeper):
                     results = dict(zip(range(len(batch)), returns, strict=True))
                 except SweepStopped as stop:
                     count_results(batch, stop.returns, counts)
-                    stop.counts = counts
+                    raise
+                except KeyboardInterrupt as interrupt:
+                    counts.update(getattr(interrupt, "counts", {}))
                     raise
                 returned += count_results(batch, results, counts)
                 bar.reach(returned)
                 interrupts.check()  # a Ctrl-C a job swallowed still ends the sweep
-        return counts
 
 
 def count_results(batch: list[list[str]], results: dict[int, Any], counts: Counter) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,9 @@ def test_ctrl_c_ends_the_sweep_cleanly(store):
     assert statuses["RUNNING"] == 0 and statuses["KILLED"] == 1
     (parent,) = runs_of(store, role="sweep")
     assert parent.info.status == "KILLED"
+    # The summary counts the interrupted job's run too (its counts ride on the interrupt).
+    ran = re.search(r"this launch ran (\d+) runs", err)
+    assert ran and int(ran.group(1)) == statuses.total(), err[-3000:]
 
 
 def test_parallel_joblib_workers_on_sqlite_lose_nothing(store):
