@@ -23,6 +23,9 @@ from pathlib import Path
 import requests
 from mlflow import MlflowClient
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(PROJECT_ROOT))  # for tests.services.chromium
+
 ROW = "[role='row'][row-id]"
 
 
@@ -58,22 +61,9 @@ def browser(profile: str):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={profile}",
-        "--window-size=1600,1000",
-    ):
-        options.add_argument(argument)
+    from tests.services.chromium import chromium_options
+
+    options = chromium_options("/usr/bin/chromium", profile)
     return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
 
 

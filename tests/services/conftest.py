@@ -26,6 +26,7 @@ import pytest
 import requests
 
 from tests.conftest import PROJECT_ROOT, run_cli, run_module
+from tests.services.chromium import chromium_options
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "services"
@@ -286,22 +287,7 @@ def chromium(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service as DriverService
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = browser
-    for argument in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
-        "--window-size=1600,1000",
-    ):
-        options.add_argument(argument)
+    options = chromium_options(browser, str(tmp_path_factory.mktemp("chromium-profile")))
     service = DriverService(driver_program, log_output=str(artifacts_dir() / "chromedriver.log"))
     driver = webdriver.Chrome(service=service, options=options)
     try:
