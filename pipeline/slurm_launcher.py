@@ -7,7 +7,8 @@ submits the same array, then polls all tasks together: when one ends without a r
 (cancelled, failed, timed out), it cancels the rest of the array, waits until they are
 gone and raises SweepStopped with the results of the tasks that completed; on Ctrl-C it
 cancels all its jobs, waits, and re-raises. The sweeper swaps it in for the plugin's
-(GroupingSweeper.setup).
+(GroupingSweeper.setup). A Ctrl-C during the submission itself waits for sbatch's job ids and
+cancels them too.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher
 from omegaconf import OmegaConf
 
+from pipeline import interrupts
 from pipeline.slurm import scancel, task_state, wait_until_ended
 from pipeline.sweep import SweepStopped
 
@@ -39,7 +41,16 @@ class SlurmArrayLauncher(SlurmLauncher):
     def launch(
         self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int
     ) -> Sequence[JobReturn]:
-        jobs = self.submit(job_overrides, initial_job_idx)
+        jobs: list = []
+        try:
+            # A Ctrl-C while sbatch runs waits for the job ids, so that the tasks it
+            # submitted are cancelled instead of left running.
+            with interrupts.held():
+                jobs = self.submit(job_overrides, initial_job_idx)
+        except KeyboardInterrupt:
+            if not jobs:
+                raise
+            raise cancelled_all(jobs, len(jobs)) from None
         return wait_for_tasks(jobs)
 
     def submit(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> list:
@@ -100,9 +111,14 @@ def wait_for_tasks(
             time.sleep(poll_s)
     except KeyboardInterrupt:
         waiting = [j for j in jobs if task_state(*state_of(j)) != "done"]
-        ended = cancel_and_wait(array_ids(jobs))
-        note = f"cancelled {len(waiting)} SLURM jobs"
-        raise KeyboardInterrupt(note if ended else f"{note}; some may still be ending") from None
+        raise cancelled_all(jobs, len(waiting)) from None
+
+
+def cancelled_all(jobs: list, waiting: int) -> KeyboardInterrupt:
+    """Cancel every task of jobs (waiting of them had not completed); the interrupt to raise."""
+    ended = cancel_and_wait(array_ids(jobs))
+    note = f"cancelled {waiting} SLURM jobs"
+    return KeyboardInterrupt(note if ended else f"{note}; some may still be ending")
 
 
 def state_of(job) -> tuple[str, bool]:

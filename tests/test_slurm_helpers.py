@@ -4,12 +4,13 @@ tests/services/test_slurm.py runs the same helpers on a real one)."""
 from __future__ import annotations
 
 import subprocess
+import threading
 from types import SimpleNamespace
 
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
-from pipeline import schema, slurm_launcher, tracking
+from pipeline import interrupts, schema, slurm_launcher, tracking
 from pipeline.slurm import (
     current_slurm_job,
     parse_states,
@@ -219,3 +220,23 @@ def test_ctrl_c_cancels_every_task(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt, match="cancelled 2 SLURM jobs"):
         slurm_launcher.wait_for_tasks(jobs, poll_s=0)
     assert cancelled == [["7"]]
+
+
+def test_ctrl_c_during_the_submission_cancels_what_it_submitted(tmp_path, monkeypatch):
+    cancelled = []
+    monkeypatch.setattr(
+        slurm_launcher, "cancel_and_wait", lambda ids: cancelled.append(ids) or True
+    )
+    monkeypatch.setattr(interrupts, "_requested", threading.Event())
+    watcher = FakeWatcher({})
+    jobs = [FakeJob(f"9_{i}", watcher, tmp_path) for i in (0, 1, 2)]
+
+    def submit_interrupted(overrides, first):
+        interrupts._interrupt()  # what the SIGINT handler does while sbatch runs
+        return jobs
+
+    launcher = object.__new__(slurm_launcher.SlurmArrayLauncher)
+    monkeypatch.setattr(launcher, "submit", submit_interrupted)
+    with pytest.raises(KeyboardInterrupt, match="cancelled 3 SLURM jobs"):
+        launcher.launch([["seed=0"]] * 3, 0)
+    assert cancelled == [["9"]] and watcher.updates == 0  # cancelled before any waiting
