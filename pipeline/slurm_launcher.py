@@ -114,10 +114,10 @@ def wait_for_tasks(
         raise cancelled_all(jobs, len(waiting)) from None
 
 
-def cancelled_all(jobs: list, waiting: int) -> KeyboardInterrupt:
-    """Cancel every task of jobs (waiting of them had not completed); the interrupt to raise."""
+def cancelled_all(jobs: list, unfinished: int) -> KeyboardInterrupt:
+    """Cancel every task of jobs; the interrupt to raise, naming the unfinished ones."""
     ended = cancel_and_wait(array_ids(jobs))
-    note = f"cancelled {waiting} SLURM jobs"
+    note = f"cancelled {unfinished} SLURM jobs"
     return KeyboardInterrupt(note if ended else f"{note}; some may still be ending")
 
 
