@@ -228,20 +228,24 @@ def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
         ]
         print(f"  sweeping {runs} runs, tracking.writer={writer} ...", file=sys.stderr, flush=True)
         env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+        # Its stderr (a progress line every few seconds) goes to a file: an undrained pipe
+        # fills after about half an hour and stalls the sweep.
+        errors = Path(tmp, "sweep.stderr")
         start = time.perf_counter()
-        process = subprocess.Popen(
-            command,
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            start_new_session=True,  # its writer process shares its process group
-        )
+        with errors.open("wb") as stderr:
+            process = subprocess.Popen(
+                command,
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                start_new_session=True,  # its writer process shares its process group
+            )
         with GroupMemory(process.pid) as memory:
             _, status, usage = os.wait4(process.pid, 0)
         seconds = time.perf_counter() - start
         if status != 0:
-            raise SystemExit(f"sweep failed:\n{process.stderr.read()[-3000:].decode()}")
+            raise SystemExit(f"sweep failed:\n{errors.read_text(errors='replace')[-3000:]}")
         database = Path(tmp, "mlflow.db").stat().st_size
         artifacts = sum(
             f.stat().st_size for f in Path(tmp, "mlartifacts").rglob("*") if f.is_file()
