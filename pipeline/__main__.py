@@ -1,3 +1,7 @@
-from pipeline.cli import main
+from pipeline import startup
+
+startup.starting()
+
+from pipeline.cli import main  # noqa: E402  (imported with the collector off)
 
 main()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import forward, interrupts, schema, writer_process
+from pipeline import forward, interrupts, schema, startup, writer_process
 from pipeline.config import seeds_of
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
@@ -107,6 +107,7 @@ def _run_job(cfg, summary: JobSummary) -> None:
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
     )
     members = prepare_members(cfg, flat, tracker, shapes, todo, keys)
+    startup.started()  # TensorFlow is imported by now
     if not batched:
         train_live(cfg, tracker, data, members, summary)
         return

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
-from pipeline import interrupts, schema, writer_process
+from pipeline import interrupts, schema, startup, writer_process
 from pipeline.config import parse_seed_ranges, seed_ranges
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
 from pipeline.store import StoreUnavailable, first_line
@@ -162,6 +162,8 @@ class GroupingSweeper(Sweeper):
             and max(map(runs_in, job_list)) >= writer_process.MIN_RUNS
         ):
             writer_process.start()  # its imports overlap TensorFlow's in the first job
+        if not runs_jobs_here(self.config):
+            startup.started()  # this process only waits for its jobs from here on
         counts: Counter = Counter(skipped=skipped)
         started = time.time()
         status = "FAILED"

@@ -21,6 +21,8 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 
+from pipeline import startup
+
 log = logging.getLogger("deadunits")
 PARENT_POLL_S = 0.5
 # Jobs of fewer runs write on a thread: the process's start and hand-overs cost more than
@@ -30,7 +32,9 @@ _pool: ProcessPoolExecutor | None = None
 
 
 def _serve(parent: int) -> None:
-    """In the writer: ignore interrupts, log like the parent, end when the parent is gone."""
+    """In the writer: ignore interrupts, log like the parent, end when the parent is gone;
+    no garbage collection while it imports (`pipeline.startup`)."""
+    startup.starting()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logging.basicConfig(format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -51,6 +55,7 @@ def _ready() -> bool:
     import pipeline.bulk  # noqa: F401  (what the calls will need, imported while nothing waits)
     import pipeline.job  # noqa: F401
 
+    startup.started()
     return True
 
 
