@@ -26,12 +26,14 @@ he_normal initial weights and the given hidden sizes and epochs. It prints wall 
 process CPU seconds: on a shared machine the CPU time is the steadier figure.
 
     .venv/bin/python benchmarks/bench_engines.py --scale 10000 100000 [--writers bulk client]
-        [--keep DIR]
+        [--repeat N] [--keep DIR]
 
 runs whole sweeps through the CLI (process start-up, TensorFlow import and store creation
 included) with each writer, and prints them against the bare client ceiling and the
-training-only rate, with peak RSS and disk per 10,000 runs. --keep DIR keeps each store
-(DIR/<runs>-<writer>/mlflow.db) for timing a relaunch or a report on it.
+training-only rate, with peak RSS and disk per 10,000 runs. --repeat N times training alone
+and the sweeps N times in turn and adds their medians (on a shared machine one run's speed
+moves by a third). --keep DIR keeps each store (DIR/<runs>-<writer>[-<turn>]/mlflow.db)
+for timing a relaunch or a report on it.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import platform
 import resource
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,7 +85,15 @@ def main() -> None:
         "--writers", nargs="+", default=["bulk", "client"], help="writers timed by --scale"
     )
     parser.add_argument(
-        "--keep", type=Path, help="with --scale: keep each sweep's store in KEEP/<runs>-<writer>"
+        "--keep",
+        type=Path,
+        help="with --scale: keep the stores in KEEP (KEEP/<runs>-<writer>[-<turn>])",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="with --scale: time training alone and the sweeps this many times, in turn",
     )
     parser.add_argument("--measure", nargs=2, metavar=("KIND", "RUNS"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
@@ -92,7 +103,7 @@ def main() -> None:
         print(json.dumps(measure(kind, runs, args.log_workers, args.uri)))
         return
     if args.scale is not None:
-        scale(args.scale or [10_000], args.writers, args.bare_runs, args.keep)
+        scale(args.scale or [10_000], args.writers, args.bare_runs, args.keep, args.repeat)
         return
     if args.training_only:
         for hidden, epochs in TRAINING_CELLS:
@@ -199,72 +210,68 @@ def training_rate(hidden: list[int], epochs: int, members: int, init: str = "he_
     )
 
 
-def sweep_row(runs: int, writer: str, keep: Path | None = None) -> dict:
-    """A whole sweep of the notebook net through the CLI in a fresh store, start-up included:
-    wall seconds, the peak RSS of the process and its writer process together, and the disk
-    the store and its artifacts take.
-    With keep, the store stays in keep/<runs>-<writer> (for timing a relaunch or a report)."""
+def sweep_row(runs: int, writer: str, tmp: Path) -> dict:
+    """A whole sweep of the notebook net through the CLI into a fresh store in the new
+    directory tmp, start-up included: wall seconds, the peak RSS of the process and its
+    writer process together, and the disk the store and its artifacts take."""
     import pipeline.tracking  # noqa: F401  (GroupMemory's /proc reader, loaded before the clock)
 
-    if keep is not None:
-        kept = keep / f"{runs}-{writer}"
-        kept.mkdir(parents=True, exist_ok=False)
-    with (
-        contextlib.nullcontext(str(kept))
-        if keep is not None
-        else tempfile.TemporaryDirectory(prefix="deadunits-scale-")
-    ) as tmp:
-        command = [
-            sys.executable,
-            "-m",
-            "pipeline",
-            "-m",
-            f"seed=range(0,{runs})",
-            "train.engine=batched",
-            f"tracking.writer={writer}",
-            f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-            "tracking.experiment=scale",
-            f"hydra.sweep.dir={tmp}/multirun",
-        ]
-        print(f"  sweeping {runs} runs, tracking.writer={writer} ...", file=sys.stderr, flush=True)
-        env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
-        # Its stderr (a progress line every few seconds) goes to a file: an undrained pipe
-        # fills during a long sweep (46 KB of 64 KiB after 35 minutes of a 100,000-run client
-        # sweep) and then stalls it.
-        errors = Path(tmp, "sweep.stderr")
-        start = time.perf_counter()
-        with errors.open("wb") as stderr:
-            process = subprocess.Popen(
-                command,
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                start_new_session=True,  # its writer process shares its process group
-            )
-        with GroupMemory(process.pid) as memory:
-            _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - start
-        if status != 0:
-            raise SystemExit(f"sweep failed:\n{errors.read_text(errors='replace')[-3000:]}")
-        database = Path(tmp, "mlflow.db").stat().st_size
-        artifacts = sum(
-            f.stat().st_size for f in Path(tmp, "mlartifacts").rglob("*") if f.is_file()
+    tmp.mkdir(parents=True, exist_ok=False)
+    command = [
+        sys.executable,
+        "-m",
+        "pipeline",
+        "-m",
+        f"seed=range(0,{runs})",
+        "train.engine=batched",
+        f"tracking.writer={writer}",
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        "tracking.experiment=scale",
+        f"hydra.sweep.dir={tmp}/multirun",
+    ]
+    print(f"  sweeping {runs} runs, tracking.writer={writer} ...", file=sys.stderr, flush=True)
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_RUN_ID"}
+    # Its stderr (a progress line every few seconds) goes to a file: an undrained pipe
+    # fills during a long sweep (46 KB of 64 KiB after 35 minutes of a 100,000-run client
+    # sweep) and then stalls it.
+    errors = Path(tmp, "sweep.stderr")
+    start = time.perf_counter()
+    with errors.open("wb") as stderr:
+        process = subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+            start_new_session=True,  # its writer process shares its process group
         )
-        return {
-            "label": f"sweep, tracking.writer={writer}",
-            "runs": runs,
-            "seconds": seconds,
-            "runs_per_s": runs / seconds,
-            # The sweeping process and its writer together, or the sweeping process alone.
-            "peak_mib": max(memory.peak_bytes / 2**20, usage.ru_maxrss / 1024),
-            "db_mib_per_10k": database / 2**20 * 10_000 / runs,
-            "artifacts_mib_per_10k": artifacts / 2**20 * 10_000 / runs,
-        }
+    with GroupMemory(process.pid) as memory:
+        _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(f"sweep failed:\n{errors.read_text(errors='replace')[-3000:]}")
+    database = Path(tmp, "mlflow.db").stat().st_size
+    artifacts = sum(f.stat().st_size for f in Path(tmp, "mlartifacts").rglob("*") if f.is_file())
+    return {
+        "label": f"sweep, tracking.writer={writer}",
+        "runs": runs,
+        "seconds": seconds,
+        "runs_per_s": runs / seconds,
+        # The sweeping process and its writer together, or the sweeping process alone.
+        "peak_mib": max(memory.peak_bytes / 2**20, usage.ru_maxrss / 1024),
+        "db_mib_per_10k": database / 2**20 * 10_000 / runs,
+        "artifacts_mib_per_10k": artifacts / 2**20 * 10_000 / runs,
+    }
 
 
 class GroupMemory:
-    """The peak of the summed resident memory of a process group, sampled every 0.1 s."""
+    """The peak of the summed resident memory of a process group, sampled every 0.1 s.
+
+    The group's members are looked up once a second; between scans only their own statm
+    files are read. (A scan of /proc takes 2.5 ms of CPU: every 0.1 s, this process took
+    2.2-2.6 s of CPU from the 37 s sweep it measured.)"""
+
+    SAMPLE_S, SCAN_S = 0.1, 1.0
 
     def __init__(self, group: int):
         self.group, self.peak_bytes = group, 0
@@ -279,50 +286,95 @@ class GroupMemory:
         self._done.set()
         self._thread.join()
 
-    def _sample(self) -> None:
+    def _members(self) -> set[int]:
         from pipeline.tracking import proc_stat
 
+        members = set()
+        for entry in Path("/proc").glob("[0-9]*"):
+            fields = proc_stat(int(entry.name))
+            if fields is not None and int(fields[2]) == self.group:  # field 5, the group
+                members.add(int(entry.name))
+        return members
+
+    def _sample(self) -> None:
         page = os.sysconf("SC_PAGE_SIZE")
-        while not self._done.wait(0.1):
+        members: set[int] = set()
+        next_scan = 0.0
+        while not self._done.wait(self.SAMPLE_S):
+            if time.monotonic() >= next_scan:
+                members, next_scan = self._members(), time.monotonic() + self.SCAN_S
             total = 0
-            for entry in Path("/proc").glob("[0-9]*"):
-                fields = proc_stat(int(entry.name))
-                if fields is None or int(fields[2]) != self.group:  # field 5, the group
-                    continue
+            for pid in list(members):
                 try:
-                    total += int((entry / "statm").read_text().split()[1]) * page
+                    total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * page
                 except OSError:
-                    continue  # the process ended meanwhile
+                    members.discard(pid)  # it ended meanwhile
             self.peak_bytes = max(self.peak_bytes, total)
 
 
-def scale(sizes: list[int], writers: list[str], bare_runs: int, keep: Path | None) -> None:
-    """Sweeps at scale with each writer, against the bare client ceiling and training alone."""
+def scale(
+    sizes: list[int], writers: list[str], bare_runs: int, keep: Path | None, repeat: int = 1
+) -> None:
+    """Sweeps at scale with each writer, against the bare client ceiling and training alone;
+    with repeat > 1, training alone and the sweeps take turns and the medians are printed."""
     started = datetime.now(timezone.utc)
     print(header(started, 1), flush=True)
-    ceiling = child("bare", bare_runs, 1)
-    print(f"bare client ceiling: {ceiling['runs_per_s']:.1f} runs/s ({bare_runs} runs)")
-    largest = max(sizes)
-    training = training_rate([2], 10, min(largest, 10_000), init="glorot_uniform")
-    print(f"training only: {training}")
-    training_rate_s = float(training.split()[-2])
-    print(
-        f"{'sweep':<34}{'runs':>8}{'seconds':>9}{'runs/s':>9}{'x client':>9}{'x train':>9}"
-        f"{'peak MiB':>9}{'db MiB/10k':>11}{'art MiB/10k':>12}"
-    )
-    for runs in sizes:
-        for writer in writers:
-            row = sweep_row(runs, writer, keep)
-            print(
-                f"{row['label']:<34}{runs:>8}{row['seconds']:>9.1f}{row['runs_per_s']:>9.1f}"
-                f"{row['runs_per_s'] / ceiling['runs_per_s']:>8.1f}x"
-                f"{row['runs_per_s'] / training_rate_s:>8.2f}x{row['peak_mib']:>9.0f}"
-                f"{row['db_mib_per_10k']:>11.1f}{row['artifacts_mib_per_10k']:>12.1f}",
-                flush=True,
-            )
+    # Every store stays until the end. On a file system without a journal, ext4 skips the
+    # inodes freed in the last minute when it allocates new ones (recently_deleted), and
+    # creating a store's artifact files right after another store was deleted took up to
+    # 20 s of kernel time instead of 1 s for 10,000 runs (measured).
+    with (
+        contextlib.nullcontext(keep)
+        if keep is not None
+        else tempfile.TemporaryDirectory(prefix="deadunits-scale-")
+    ) as root:
+        root = Path(root)
+        (root / "ceiling").mkdir(parents=True, exist_ok=False)
+        ceiling = child("bare", bare_runs, 1, f"sqlite:///{root}/ceiling/mlflow.db")
+        print(f"bare client ceiling: {ceiling['runs_per_s']:.1f} runs/s ({bare_runs} runs)")
+        members = min(max(sizes), 10_000)
+        training_rates: list[float] = []
+        rows: dict[tuple[int, str], list[dict]] = {}
+        for turn in range(1, repeat + 1):
+            training = training_rate([2], 10, members, init="glorot_uniform")
+            training_rates.append(float(training.split()[-2]))
+            print(f"training only: {training}")
+            print(SCALE_HEADER)
+            for runs in sizes:
+                for writer in writers:
+                    name = f"{runs}-{writer}" + (f"-{turn}" if repeat > 1 else "")
+                    row = sweep_row(runs, writer, root / name)
+                    rows.setdefault((runs, writer), []).append(row)
+                    print(scale_line(row, ceiling["runs_per_s"], training_rates[-1]), flush=True)
+        if repeat > 1:
+            training_median = statistics.median(training_rates)
+            print(f"median of {repeat}: training only {training_median:.1f} runs/s")
+            print(SCALE_HEADER)
+            for turns in rows.values():
+                median = {
+                    key: statistics.median(row[key] for row in turns)
+                    for key in ("seconds", "peak_mib", "db_mib_per_10k", "artifacts_mib_per_10k")
+                }
+                row = {**turns[0], **median, "runs_per_s": turns[0]["runs"] / median["seconds"]}
+                print(scale_line(row, ceiling["runs_per_s"], training_median), flush=True)
     print("targets: bulk >= 8x the client ceiling at 10,000 runs; >= 0.6x training alone;")
     print("         100,000 runs under 2048 MiB peak RSS")
     print(f"finished in {(datetime.now(timezone.utc) - started).total_seconds() / 60:.1f} min")
+
+
+SCALE_HEADER = (
+    f"{'sweep':<34}{'runs':>8}{'seconds':>9}{'runs/s':>9}{'x client':>9}{'x train':>9}"
+    f"{'peak MiB':>9}{'db MiB/10k':>11}{'art MiB/10k':>12}"
+)
+
+
+def scale_line(row: dict, ceiling_rate: float, training_rate_s: float) -> str:
+    return (
+        f"{row['label']:<34}{row['runs']:>8}{row['seconds']:>9.1f}{row['runs_per_s']:>9.1f}"
+        f"{row['runs_per_s'] / ceiling_rate:>8.1f}x"
+        f"{row['runs_per_s'] / training_rate_s:>8.2f}x{row['peak_mib']:>9.0f}"
+        f"{row['db_mib_per_10k']:>11.1f}{row['artifacts_mib_per_10k']:>12.1f}"
+    )
 
 
 def compose_config(uri: str, engine: str, runs: int, log_workers: int, extra=()):
