@@ -331,7 +331,10 @@ def scale(
         root = Path(root)
         (root / "ceiling").mkdir(parents=True, exist_ok=False)
         ceiling = child("bare", bare_runs, 1, f"sqlite:///{root}/ceiling/mlflow.db")
-        print(f"bare client ceiling: {ceiling['runs_per_s']:.1f} runs/s ({bare_runs} runs)")
+        print(
+            f"bare client ceiling: {ceiling['runs_per_s']:.1f} runs/s ({bare_runs} runs)",
+            flush=True,
+        )
         members = min(max(sizes), 10_000)
         training_rates: list[float] = []
         rows: dict[tuple[int, str], list[dict]] = {}
@@ -339,7 +342,7 @@ def scale(
             training = training_rate([2], 10, members, init="glorot_uniform")
             training_rates.append(float(training.split()[-2]))
             print(f"training only: {training}")
-            print(SCALE_HEADER)
+            print(SCALE_HEADER, flush=True)
             for runs in sizes:
                 for writer in writers:
                     name = f"{runs}-{writer}" + (f"-{turn}" if repeat > 1 else "")
