@@ -117,6 +117,12 @@ def _run_job(cfg, summary: JobSummary) -> None:
         writer_process.stop_in_pool_workers()
 
 
+def import_for_training(engine: str) -> None:
+    """Import what a job of this engine trains with (TensorFlow, Keras, the engine; this
+    module's own imports come with it) ahead of the first job."""
+    get_engine(engine)
+
+
 def prepare_members(cfg, flat, tracker: Tracker, shapes, seeds: list[int], keys) -> list[Member]:
     """Initial weights and each run's record as far as the config knows it."""
     weights = initial_weights_for_seeds(cfg.init, shapes, cfg.model.bias_init, seeds)

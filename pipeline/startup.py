@@ -3,8 +3,12 @@
 A process first imports Hydra, MLflow and TensorFlow, which make objects that live as long
 as it does. Collecting meanwhile walked them again and again: 2.0 s of CPU before a
 10,000-run sweep's first job trained, 0.7 s in its writer process. So the collector is off
-while a process starts (`starting`), and `started` collects once, sets what is left aside
-for good (gc.freeze: later collections skip it) and turns the collector back on.
+while a process starts (`starting`), and `started` sets everything made so far aside for
+good (gc.freeze: later collections skip it) and turns the collector back on.
+
+It freezes without collecting first: that collection took 0.45-0.9 s on the way to the
+first job's training and found 117,000 unreachable objects (the configs Hydra composed on
+the way, import-time leftovers), whose memory is a few MiB of a sweep's 1.2 GiB.
 """
 
 from __future__ import annotations
@@ -19,6 +23,5 @@ def starting() -> None:
 
 @cache
 def started() -> None:
-    gc.collect()
     gc.freeze()
     gc.enable()

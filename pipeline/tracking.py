@@ -315,6 +315,11 @@ class Tracker:
         return set() if force else done
 
 
+def open_store(uri: str, experiment: str) -> None:
+    """Create the store (MLflow's schema migrations) and the experiment where they are new."""
+    Tracker(uri, experiment)
+
+
 def ensure_experiment(client: MlflowClient, uri: str, name: str) -> str:
     """Get or create the experiment; artifacts of a SQLite store live beside its database."""
     existing = client.get_experiment_by_name(name)

@@ -29,6 +29,7 @@ PARENT_POLL_S = 0.5
 # it saves (quick_study, 12 jobs of 20 runs: sweep 11.6-13.2 s on a thread, 16.5 s with it).
 MIN_RUNS = 500
 _pool: ProcessPoolExecutor | None = None
+_importing = False  # _ready was handed to the writer
 
 
 def _serve(parent: int) -> None:
@@ -70,7 +71,7 @@ def _writer() -> ProcessPoolExecutor:
             initargs=(os.getpid(),),
         )
         with _standard_start_method():  # the process starts with the first call
-            _pool.submit(_ready)
+            _pool.submit(os.getpid)
     return _pool
 
 
@@ -90,22 +91,26 @@ def _standard_start_method() -> Iterator[None]:
 
 
 def _discard() -> None:
-    global _pool
-    _pool = None
+    global _pool, _importing
+    _pool, _importing = None, False
 
 
 def start() -> None:
-    """Start the writer now: its imports take seconds, which the caller's work hides
+    """Start the writer now, and have it import what its calls need once the calls
+    already handed to it are done: its imports take seconds, which the caller's work hides
     (a sweep's own start-up and TensorFlow's import)."""
-    _writer()
+    global _importing
+    pool = _writer()
+    if not _importing:
+        pool.submit(_ready)
+        _importing = True
 
 
 def stop() -> None:
     """Wait for what was handed over, and end the writer."""
-    global _pool
     if _pool is not None:
         _pool.shutdown(wait=True)
-        _pool = None
+        _discard()
 
 
 def stop_in_pool_workers() -> None:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,20 @@ def test_a_call_the_dead_writer_held_runs_here_and_a_new_writer_follows(fresh_wr
     assert writer_process.submit(die_in_writer, os.getpid()).result() == "parent"
     assert "the writer process died" in caplog.text
     assert writer_process.submit(where, os.getpid()).result() == "writer"
+
+
+def bulk_writer_imported() -> bool:
+    return "pipeline.bulk" in sys.modules
+
+
+def test_calls_handed_before_start_run_before_the_writers_imports(fresh_writer):
+    first = writer_process.submit(bulk_writer_imported)
+    writer_process.start()
+    assert first.result() is False  # it ran first: the store's creation waits for nothing
+    assert writer_process.submit(bulk_writer_imported).result() is True
+    writer_process.stop()
+    writer_process.start()  # a new writer imports again
+    assert writer_process.submit(bulk_writer_imported).result() is True
 
 
 def test_the_writer_ignores_ctrl_c(fresh_writer):
@@ -132,3 +147,52 @@ def test_a_sweep_starts_the_writer_early_only_for_jobs_run_in_its_own_process(la
     from pipeline.sweep import runs_jobs_here
 
     assert runs_jobs_here(compose_with(f"hydra/launcher={launcher}", hydra=True)) is here
+
+
+def planned(*overrides: str, seeds: int):
+    from pipeline.sweep import Cell
+
+    cfg = compose_with("train.engine=batched", *overrides)
+    return [Cell([], cfg, list(range(seeds)))]
+
+
+@pytest.mark.parametrize(
+    ("launcher", "overrides", "seeds", "new_store", "expected"),
+    [
+        ("basic", [], writer_process.MIN_RUNS, True, True),
+        ("basic", [], writer_process.MIN_RUNS - 1, True, False),  # a thread writes it
+        ("basic", [], writer_process.MIN_RUNS, False, False),  # nothing to migrate
+        ("basic", ["tracking.writer=client"], writer_process.MIN_RUNS, True, False),
+        ("basic", ["train.engine=keras"], writer_process.MIN_RUNS, True, False),
+        ("joblib", [], writer_process.MIN_RUNS, True, False),  # jobs run elsewhere
+    ],
+)
+def test_the_writer_creates_a_new_store_when_this_process_will_hand_it_runs(
+    tmp_path, launcher, overrides, seeds, new_store, expected
+):
+    from pipeline.sweep import creates_store_in_writer
+
+    database = tmp_path / "mlflow.db"
+    if not new_store:
+        open_client(f"sqlite:///{database}")
+    config = compose_with(f"hydra/launcher={launcher}", hydra=True)
+    cells = planned(*overrides, seeds=seeds)
+    assert creates_store_in_writer(config, cells, f"sqlite:///{database}") is expected
+
+
+@pytest.mark.slow
+def test_a_sweep_whose_writer_created_the_store_logs_every_run_and_resumes(store, tmp_path):
+    from tests.conftest import run_cli
+
+    runs = writer_process.MIN_RUNS
+    sweep = ["-m", f"seed=range(0,{runs})", f"tracking.uri={store}", *SMALL]
+    sweep.append(f"hydra.sweep.dir={tmp_path}/multirun")
+    first = run_cli(*sweep)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "tracking.writer=auto: bulk" in first.stderr
+    finished = finished_runs(store, compose_with(f"tracking.uri={store}"))
+    roles = Counter(run.data.tags[schema.ROLE_TAG] for run in finished)
+    assert roles == {schema.ROLE_RUN: runs, schema.ROLE_SWEEP: 1}
+    again = run_cli(*sweep)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"nothing to do: all {runs} runs of this sweep are already FINISHED" in again.stderr
