@@ -153,8 +153,9 @@ def child(kind: str, runs: int, log_workers: int, uri: str | None = None) -> dic
 
 def measure(kind: str, runs: int, log_workers: int, uri: str | None) -> dict:
     """One measurement, in this process: the job (or bare logging) timed end to end."""
-    with tempfile.TemporaryDirectory(prefix="deadunits-bench-") as tmp:
-        uri = uri or f"sqlite:///{tmp}/mlflow.db"
+    scratch = tempfile.TemporaryDirectory(prefix="deadunits-bench-") if uri is None else None
+    with scratch or contextlib.nullcontext():
+        uri = uri or f"sqlite:///{scratch.name}/mlflow.db"
         cfg = compose_config(uri, "keras" if kind == "naive" else "batched", runs, log_workers)
         from pipeline.tracking import Tracker
 
