@@ -8,7 +8,8 @@ good (gc.freeze: later collections skip it) and turns the collector back on.
 
 It freezes without collecting first: that collection took 0.45-0.9 s on the way to the
 first job's training and found 117,000 unreachable objects (the configs Hydra composed on
-the way, import-time leftovers), whose memory is a few MiB of a sweep's 1.2 GiB.
+the way, import-time leftovers) holding 4 MiB; a 100,000-run sweep's peak moved from 1,492 to
+1,510 MiB without it.
 """
 
 from __future__ import annotations
