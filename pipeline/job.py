@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from omegaconf import OmegaConf
 
-from pipeline import forward, interrupts, schema, startup, writer_process
+from pipeline import forward, interrupts, numerics, schema, startup, writer_process
 from pipeline.config import seeds_of
 from pipeline.data import Dataset, make_identity_data
 from pipeline.engines import MemberResult, get_engine
@@ -102,6 +102,7 @@ def _run_job(cfg, summary: JobSummary) -> None:
     in_process = batched and writer == "bulk" and len(todo) >= writer_process.MIN_RUNS
     if in_process:
         writer_process.start()  # its imports overlap TensorFlow's (a sweep started it sooner)
+    numerics.plan_threads([cfg])  # a sweep that runs its jobs here planned for all of them
     data = make_identity_data(**cfg.data)
     shapes = layer_shapes(
         data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]

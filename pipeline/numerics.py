@@ -9,6 +9,11 @@ numbers on every x86-64 CPU. Runs record what was in force (`numerics_tags`).
 TensorFlow also prints start-up lines from C++ (absl, CUDA probes) before Python logging
 exists; they are caught at the file-descriptor level while TensorFlow loads and initializes
 its devices, and only those lines are dropped.
+
+Threads: a training step of a batched net with one hidden layer has no ops that could run
+side by side, so a second inter-op thread only spins, on the core that the writer process
+(or a parallel job) needs. A process that trains only such nets runs one inter-op thread;
+the threads within an op, which decide how sums are split, are left as they are.
 """
 
 from __future__ import annotations
@@ -46,11 +51,14 @@ STARTUP_NOISE = (
     "rebuild TensorFlow with the appropriate compiler flags",
     "TF-TRT Warning",
 )
+INTER_OP_ENV = "TF_NUM_INTEROP_THREADS"  # TensorFlow's own setting; a user's value wins
 TAG_TENSORFLOW_VERSION = "tensorflow_version"
 TAG_ONEDNN = "onednn"
 
 # Whether something imported TensorFlow before this package could set its environment.
 PREIMPORTED = "tensorflow" in sys.modules
+_inter_op_threads: int | None = None  # planned by `plan_threads`; None: TensorFlow's default
+_threads_planned = False
 
 
 def set_environment() -> None:
@@ -92,10 +100,40 @@ def import_tensorflow():
         import tensorflow as tf
 
         tf.config.list_physical_devices()  # the CUDA probe runs here, not at the first op
+    _apply_threads(tf)
     # Both engines trace a new program per model or per cell shape: TensorFlow's retracing
     # warning is expected here, and would bury the sweep's progress bar.
     tf.get_logger().setLevel("ERROR")
     return tf, keras
+
+
+def inter_op_threads(cfgs) -> int | None:
+    """Inter-op threads for a process that trains these configs: one when every net is a
+    batched net with one hidden layer (see the module's docstring), else TensorFlow's."""
+    single = all(cfg.train.engine == "batched" and len(cfg.model.hidden_sizes) == 1 for cfg in cfgs)
+    return 1 if single and INTER_OP_ENV not in os.environ else None
+
+
+def plan_threads(cfgs) -> None:
+    """Decide this process's inter-op threads from what it will train; the first call
+    decides (a sweep plans for all its cells before its first job). Takes effect when
+    TensorFlow starts its runtime, at its first op, and not after."""
+    global _inter_op_threads, _threads_planned
+    if _threads_planned:
+        return
+    _threads_planned = True
+    _inter_op_threads = inter_op_threads(list(cfgs))
+    if import_tensorflow.cache_info().currsize:  # imported already: apply now, if still can
+        _apply_threads(import_tensorflow()[0])
+
+
+def _apply_threads(tf) -> None:
+    if _inter_op_threads is None:
+        return
+    try:
+        tf.config.threading.set_inter_op_parallelism_threads(_inter_op_threads)
+    except RuntimeError:  # the runtime started already (an earlier job in this process)
+        log.debug("inter-op threads left as they are: TensorFlow's runtime has started")
 
 
 def onednn_enabled() -> bool:

@@ -29,7 +29,7 @@ from mlflow.entities import Metric, Param, RunTag
 from omegaconf import DictConfig, open_dict
 from tqdm import tqdm
 
-from pipeline import interrupts, schema, startup, writer_process
+from pipeline import interrupts, numerics, schema, startup, writer_process
 from pipeline.config import parse_seed_ranges, seed_ranges
 from pipeline.preflight import describe_compose_error, fail, preflight_sweep
 from pipeline.store import StoreUnavailable, first_line, sqlite_path
@@ -142,6 +142,8 @@ class GroupingSweeper(Sweeper):
             fail(describe_compose_error(error))
         uri = preflight_sweep([cell.cfg for cell in cells])
         tracking = cells[0].cfg.tracking
+        if runs_jobs_here(self.config):
+            numerics.plan_threads(cell.cfg for cell in cells)
         if creates_store_in_writer(self.config, cells, uri):
             open_store_beside_imports(uri, tracking.experiment)
         tracker = Tracker(uri, tracking.experiment)
