@@ -362,6 +362,9 @@ def train_batched(
                 raise
             if interrupted:  # a Ctrl-C TensorFlow turned into another error
                 raise KeyboardInterrupt from error
+        else:
+            if in_process and writer_process.leave(pending):  # the next job trains meanwhile
+                pending.clear()
         finally:
             for future in pending:  # what is trained is logged, even on Ctrl-C
                 future.result()

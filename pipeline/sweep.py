@@ -9,6 +9,7 @@ the batched engine. It shows progress and ends with a one-screen summary.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -180,7 +181,8 @@ class GroupingSweeper(Sweeper):
         ending = None  # (last line, exit code) of a sweep that ends early
         interrupts.remember_interrupts()
         try:
-            self._launch(job_list, total, counts, tracker, sweep.sweep_id)
+            with self._jobs_may_leave_calls(counts):
+                self._launch(job_list, total, counts, tracker, sweep.sweep_id)
             status = "FINISHED" if counts["crashed_jobs"] == 0 else "FAILED"
         except KeyboardInterrupt as interrupt:
             status = "KILLED"
@@ -200,6 +202,18 @@ class GroupingSweeper(Sweeper):
             print(ending[0], file=sys.stderr)
             raise SystemExit(ending[1])
         return []
+
+    def _jobs_may_leave_calls(self, counts: Counter):
+        """Jobs run in this process leave their last writes to the writer process and
+        return; one that failed counts as a crashed job."""
+        if not runs_jobs_here(self.config):
+            return contextlib.nullcontext()
+
+        def failed(error: BaseException) -> None:
+            log.error("the writer process could not log a job's runs: %s", first_line(error))
+            counts["crashed_jobs"] += 1
+
+        return writer_process.jobs_may_leave_calls(failed)
 
     def _launch(
         self,

@@ -16,7 +16,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
@@ -30,6 +30,7 @@ PARENT_POLL_S = 0.5
 MIN_RUNS = 500
 _pool: ProcessPoolExecutor | None = None
 _importing = False  # _ready was handed to the writer
+_left: list[Handed] | None = None  # calls jobs left to their sweep; None: jobs wait
 
 
 def _serve(parent: int) -> None:
@@ -146,3 +147,30 @@ class Handed:
 def submit(fn, *args) -> Handed:
     """fn(*args) in the writer process (fn and args must pickle)."""
     return Handed(fn, args)
+
+
+@contextmanager
+def jobs_may_leave_calls(failed: Callable[[BaseException], None]) -> Iterator[None]:
+    """Jobs run within may return before the writer has done their last calls, which it
+    does while the next job trains (a 5,000-run job waited about a second for its last
+    chunk); all are waited for on the way out, each failure handed to failed."""
+    global _left
+    _left = []
+    try:
+        yield
+    finally:
+        left, _left = _left, None
+        for call in left:
+            try:
+                call.result()
+            except Exception as error:
+                failed(error)
+
+
+def leave(calls: list[Handed]) -> bool:
+    """Leave these calls to the sweep that runs this job (see `jobs_may_leave_calls`);
+    False when there is none, and the job waits for them itself."""
+    if _left is None:
+        return False
+    _left.extend(calls)
+    return True

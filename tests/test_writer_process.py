@@ -69,6 +69,18 @@ def test_the_writer_ignores_ctrl_c(fresh_writer):
     assert writer_process.submit(survive_ctrl_c).result() == "alive"
 
 
+def test_calls_a_job_left_are_waited_for_at_the_end_and_failures_reported(fresh_writer):
+    assert not writer_process.leave([])  # no sweep to leave them to: the job waits itself
+    failed: list[BaseException] = []
+    with writer_process.jobs_may_leave_calls(failed.append):
+        left = [writer_process.submit(time.sleep, 0.5), writer_process.submit(int, "x")]
+        assert writer_process.leave(left)
+        assert not left[0].future.done()
+    assert all(call.future.done() for call in left)
+    assert [type(error) for error in failed] == [ValueError]
+    assert not writer_process.leave([])
+
+
 ORPHANING_PARENT = """
 import os
 from pipeline import writer_process
@@ -123,6 +135,17 @@ def test_a_large_job_writes_through_the_writer_process_and_a_small_one_on_a_thre
     assert len(runs) == 20 + writer_process.MIN_RUNS
     assert all(schema.FINAL_TRAIN_LOSS in r.data.metrics for r in runs)
     assert all(r.data.tags[schema.TAG_DEAD_AT_INIT] in ("true", "false") for r in runs)
+
+
+@pytest.mark.slow
+def test_a_job_leaves_its_last_chunks_to_the_sweep_which_waits_for_them(store, fresh_writer):
+    large = compose_with(f"tracking.uri={store}", *SMALL, f"seeds=0-{writer_process.MIN_RUNS - 1}")
+    failed: list[BaseException] = []
+    with writer_process.jobs_may_leave_calls(failed.append):
+        assert job.run_job(large)["finished"] == writer_process.MIN_RUNS
+        assert writer_process._left  # returned without waiting for the writer
+    assert writer_process._left is None and not failed
+    assert len(finished_runs(store, large)) == writer_process.MIN_RUNS
 
 
 def writer_in_a_pool_worker() -> tuple[int, int, bool]:
