@@ -49,7 +49,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, _validate_metric, _val
 
 from pipeline import interrupts
 from pipeline.schema import OWNER_TAG_PREFIX, RESUME_TAGS, TAG_CONFIG_KEY, is_resume_tag
-from pipeline.store import first_line, redact_uri, sqlite_path
+from pipeline.store import BULK_DIALECTS, first_line, redact_uri, sqlite_path
 from pipeline.tracking import RunRecord, local_artifact_dir
 
 # Alembic revisions of MLflow's tracking schema this module was tested on, and by which
@@ -67,7 +67,6 @@ SQLITE_PRAGMAS = (  # what MLflow's own sessions set on every SQLite connection
 )
 # The client path stores +-inf as the largest finite doubles (SQL has no infinity).
 FLOAT_MAX = 1.7976931348623157e308
-DIALECTS = ("sqlite", "postgresql")
 SOURCE_TYPE = SourceType.to_string(SourceType.UNKNOWN)  # what create_run stores
 FILE_THREADS = 4
 FETCH_BATCH = 200_000  # rows turned into a frame at a time by read_experiment
@@ -155,7 +154,7 @@ def bulk_support(uri: str, experiment_id: str | None = None) -> str | None:
     scheme = uri.split(":", 1)[0].lower()
     if scheme in ("http", "https"):
         return "http tracking server (the bulk writer needs direct database access)"
-    if _dialect(uri) not in DIALECTS:
+    if _dialect(uri) not in BULK_DIALECTS:
         return f"{scheme} tracking URI (the bulk writer handles sqlite and postgresql)"
     db = sqlite_path(uri)
     if db is not None and not db.exists():

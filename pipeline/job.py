@@ -103,10 +103,7 @@ def _run_job(cfg, summary: JobSummary) -> None:
     if in_process:
         writer_process.start()  # its imports overlap TensorFlow's (a sweep started it sooner)
     numerics.plan_threads([cfg])  # a sweep that runs its jobs here planned for all of them
-    data = make_identity_data(**cfg.data)
-    shapes = layer_shapes(
-        data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
-    )
+    data, shapes = data_and_shapes(cfg)
     members = prepare_members(cfg, flat, tracker, shapes, todo, keys)
     startup.started()  # TensorFlow is imported by now
     if not batched:
@@ -122,6 +119,24 @@ def import_for_training(engine: str) -> None:
     """Import what a job of this engine trains with (TensorFlow, Keras, the engine; this
     module's own imports come with it) ahead of the first job."""
     get_engine(engine)
+
+
+def warm_up(cfg, members: int) -> None:
+    """Trace the batched program a job of this config and this many seeds will train, ahead
+    of the job (see `pipeline.engines.batched.warm_up`)."""
+    from pipeline.engines import batched
+
+    numerics.plan_threads([cfg])
+    batched.warm_up(cfg.train, cfg.model, *data_and_shapes(cfg), members)
+
+
+def data_and_shapes(cfg) -> tuple[Dataset, list[tuple[int, int]]]:
+    """The job's data set, and its net's (fan in, fan out) per layer."""
+    data = make_identity_data(**cfg.data)
+    shapes = layer_shapes(
+        data.x_train.shape[1], list(cfg.model.hidden_sizes), data.y_train.shape[1]
+    )
+    return data, shapes
 
 
 def prepare_members(cfg, flat, tracker: Tracker, shapes, seeds: list[int], keys) -> list[Member]:

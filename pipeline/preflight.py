@@ -13,6 +13,7 @@ from typing import NoReturn
 
 from pipeline.config import group_options
 from pipeline.store import (
+    BULK_DIALECTS,
     StoreUnavailable,
     check_store,
     first_line,
@@ -49,12 +50,10 @@ def check_writer(writer: str, uri: str) -> None:
     (its MLflow schema revision) when the command opens it."""
     if writer != "bulk":
         return
-    from pipeline.bulk import DIALECTS
-
-    if uri_scheme(uri) not in DIALECTS:
+    if uri_scheme(uri) not in BULK_DIALECTS:
         raise ConfigError(
             "tracking.writer",
-            f"bulk needs a database store ({', '.join(DIALECTS)}), not {uri_scheme(uri)!r}; "
+            f"bulk needs a database store ({', '.join(BULK_DIALECTS)}), not {uri_scheme(uri)!r}; "
             "use auto or client",
         )
 

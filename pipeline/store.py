@@ -11,6 +11,11 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DB = PROJECT_ROOT / "mlflow.db"
 
 
+# Database stores the bulk writer writes (`pipeline.bulk`), named here so that checking a
+# config does not import it (SQLAlchemy and MLflow's table models).
+BULK_DIALECTS = ("sqlite", "postgresql")
+
+
 def resolve_tracking_uri(uri: str | None = None) -> str:
     """Explicit URI, else $MLFLOW_TRACKING_URI, else SQLite at the project root.
 

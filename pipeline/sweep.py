@@ -146,7 +146,7 @@ class GroupingSweeper(Sweeper):
         if runs_jobs_here(self.config):
             numerics.plan_threads(cell.cfg for cell in cells)
         if creates_store_in_writer(self.config, cells, uri):
-            open_store_beside_imports(uri, tracking.experiment)
+            open_store_beside_imports(uri, tracking.experiment, cells[0])
         tracker = Tracker(uri, tracking.experiment)
         keys = run_keys(cells)
         skipped = select_todo(tracker, cells, keys)
@@ -271,14 +271,21 @@ def creates_store_in_writer(config: DictConfig, cells: list[Cell], uri: str) -> 
     )
 
 
-def open_store_beside_imports(uri: str, experiment: str) -> None:
+def open_store_beside_imports(uri: str, experiment: str, first: Cell) -> None:
     """Have the writer process create the store while this process imports what its
-    first job trains with (TensorFlow): a 10,000-run sweep's first job trained 1-3 s sooner."""
+    first job trains with (TensorFlow; a 10,000-run sweep's first job trained 1-3 s sooner)
+    and traces that job's program. The store is new, so the first job trains all the first
+    cell's seeds it holds."""
     opened = writer_process.submit(open_store, uri, experiment)
     writer_process.start()  # its own imports follow the store
-    from pipeline.job import import_for_training
+    from pipeline.job import import_for_training, warm_up
 
     import_for_training("batched")
+    if first.batched:
+        try:
+            warm_up(first.cfg, min(len(first.seeds), SEEDS_PER_BATCHED_JOB))
+        except Exception as error:  # the job meets it again, and reports it
+            log.debug("warming up the first job failed: %s", first_line(error))
     startup.started()  # TensorFlow is imported by now
     try:
         opened.result()

@@ -232,6 +232,23 @@ def test_the_next_cell_reuses_the_trainer_and_trains_as_a_new_one():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("hidden", [[2], [4, 4, 4]])
+def test_a_warmed_up_program_is_the_one_trained_and_trains_as_a_new_one(hidden):
+    """A sweep traces its first job's program ahead of the job (`batched.warm_up`)."""
+    train_cfg, model_cfg = configs(hidden, optimizer="adagrad")  # nonzero initial slots
+    seeds = [0, 1, 2]
+    weights = weights_for("he_normal", hidden, seeds)
+    batched._last_trainer.clear()
+    fresh = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    batched._last_trainer.clear()
+    batched.warm_up(train_cfg, model_cfg, DATA, layer_shapes(1, hidden, 1), len(seeds))
+    (warmed,) = batched._last_trainer.values()
+    trained = each_member(batched.train(train_cfg, model_cfg, DATA, seeds, weights))
+    assert list(batched._last_trainer.values()) == [warmed]
+    assert_same_runs(fresh, trained)
+
+
+@pytest.mark.slow
 def test_a_diverging_member_does_not_touch_the_others():
     seeds = [0, 1, 2]
     train_cfg, model_cfg = configs([2], "relu", "adam", "mse")

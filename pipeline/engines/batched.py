@@ -112,13 +112,28 @@ def train(
     shapes = [kernel.shape for kernel, _ in initial[0]]
     if any(fan_out > packet_size() for _, fan_out in shapes[:-1]):
         _warn_wide_layers()
-    fit = members_per_chunk(train_cfg, model_cfg, shapes, len(data.x_train), len(data.x_test))
-    chunks = -(-len(seeds) // min(fit, MAX_MEMBERS_PER_CHUNK))
-    size = -(-len(seeds) // chunks)
+    size = chunk_size(train_cfg, model_cfg, data, shapes, len(seeds))
     for start in range(0, len(seeds), size):
         members = initial[start : start + size]
         trainer = _reusable_trainer(train_cfg, model_cfg, data, shapes, len(members))
         yield trainer.train(seeds[start : start + size], members)
+
+
+def chunk_size(train_cfg, model_cfg, data: Dataset, shapes, members: int) -> int:
+    """Members per chunk: equal chunks that fit the memory budget."""
+    fit = members_per_chunk(train_cfg, model_cfg, shapes, len(data.x_train), len(data.x_test))
+    chunks = -(-members // min(fit, MAX_MEMBERS_PER_CHUNK))
+    return -(-members // chunks)
+
+
+def warm_up(train_cfg, model_cfg, data: Dataset, shapes, members: int) -> None:
+    """Trace and run once the program that `train` will run for this many members, so its
+    first chunk trains at once (tracing took over a second of the notebook net's first
+    chunk). `train` sets every weight and optimizer slot before it trains."""
+    check_supported(train_cfg)
+    size = chunk_size(train_cfg, model_cfg, data, shapes, members)
+    trainer = _reusable_trainer(train_cfg, model_cfg, data, shapes, size)
+    trainer.run_epoch(tf.zeros([size, len(data.x_train)], tf.int32))
 
 
 _last_trainer: dict[tuple, _Trainer] = {}
