@@ -123,10 +123,9 @@ def import_for_training(engine: str) -> None:
 
 def warm_up(cfg, members: int) -> None:
     """Trace the batched program a job of this config and this many seeds will train, ahead
-    of the job (see `pipeline.engines.batched.warm_up`)."""
+    of the job (see `pipeline.engines.batched.warm_up`); its sweep planned the threads."""
     from pipeline.engines import batched
 
-    numerics.plan_threads([cfg])
     batched.warm_up(cfg.train, cfg.model, *data_and_shapes(cfg), members)
 
 

@@ -76,6 +76,11 @@ class Cell:
     def batched(self) -> bool:
         return self.cfg.train.engine == "batched"
 
+    @property
+    def first_job_seeds(self) -> int:
+        """Seeds of its first batched job when none is done yet (a new store)."""
+        return min(len(self.seeds), SEEDS_PER_BATCHED_JOB)
+
 
 def split_seed(job: list[str]) -> tuple[list[str], int | None]:
     rest, seed = [], None
@@ -264,10 +269,7 @@ def creates_store_in_writer(config: DictConfig, cells: list[Cell], uri: str) -> 
         and not database.exists()
         and runs_jobs_here(config)
         and cells[0].cfg.tracking.writer != "client"
-        and any(
-            cell.batched and min(len(cell.seeds), SEEDS_PER_BATCHED_JOB) >= writer_process.MIN_RUNS
-            for cell in cells
-        )
+        and any(cell.batched and cell.first_job_seeds >= writer_process.MIN_RUNS for cell in cells)
     )
 
 
@@ -283,7 +285,7 @@ def open_store_beside_imports(uri: str, experiment: str, first: Cell) -> None:
     import_for_training("batched")
     if first.batched:
         try:
-            warm_up(first.cfg, min(len(first.seeds), SEEDS_PER_BATCHED_JOB))
+            warm_up(first.cfg, first.first_job_seeds)
         except Exception as error:  # the job meets it again, and reports it
             log.debug("warming up the first job failed: %s", first_line(error))
     startup.started()  # TensorFlow is imported by now
